@@ -1,0 +1,184 @@
+"""Command-line front end. Thin: every command calls a library function and prints its result.
+
+User errors (:class:`cora.errors.CoraError`) become one red line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from cora.errors import CoraError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="CoRA: collaborative LoRA recommenders.")
+data_app = typer.Typer(no_args_is_help=True, help="Get, import and prepare interaction data.")
+download_app = typer.Typer(no_args_is_help=True, help="Download public datasets (sha256-checked).")
+prepare_app = typer.Typer(no_args_is_help=True, help="Process raw dataset files into the cora layout.")
+cf_app = typer.Typer(no_args_is_help=True, help="Collaborative-filtering models: MF, LightGCN, SASRec.")
+app.add_typer(data_app, name="data")
+data_app.add_typer(download_app, name="download")
+data_app.add_typer(prepare_app, name="prepare")
+app.add_typer(cf_app, name="cf")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_meta(meta: dict, out: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{meta['name']} ({meta['domain']}) -> {out}")
+    for c in ("split", "rows", "users", "items", "positive rate", "warm rows"):
+        t.add_column(c, justify="right")
+    for s, st in meta["splits"].items():
+        t.add_row(s, f"{st['rows']:,}", f"{st['users']:,}", f"{st['items']:,}", f"{st['positive_rate']:.3f}", f"{st['warm_rows']:,}")
+    console.print(t)
+    console.print(f"n_users={meta['n_users']:,}  n_items={meta['n_items']:,}  "
+                  f"(seen: {meta['users_seen']:,} users, {meta['items_seen']:,} items)")
+
+
+# ----------------------------------------------------------------------------- data
+@download_app.command("movielens")
+def data_download_movielens(
+    out: Path = typer.Option(..., "--out", help="Where to save ml-1m.zip (a file path, or a folder)."),
+    url: Optional[str] = typer.Option(None, help="Override the download URL (mirrors, tests)."),
+    sha256: Optional[str] = typer.Option(None, help="Override the expected sha256."),
+) -> None:
+    """Download ML-1M (ml-1m.zip) from GroupLens and check its sha256."""
+    from cora.data.download import download_movielens
+
+    path = download_movielens(out, url=url, sha256=sha256)
+    console.print(f"saved {path}")
+
+
+@data_app.command("import-collm")
+def data_import_collm(
+    src: Path = typer.Argument(..., help="CoLLM-format zip or folder (train_ood2.pkl, valid_ood2.pkl, test_ood2.pkl)."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling (runs code from the file)."),
+    name: Optional[str] = typer.Option(None, help="Dataset name (default: from the file layout)."),
+    domain: Optional[str] = typer.Option(None, help="Domain word for prompts: movies or books."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Import CoLLM / BinLLM / CoRA pickled splits into Parquet + meta.json."""
+    from cora.data.collm_import import import_collm
+
+    meta = import_collm(src, out, trust_pickle=trust_pickle, name=name, domain=domain, overwrite=overwrite)
+    _print_meta(meta, out)
+
+
+@prepare_app.command("movielens")
+def data_prepare_movielens(
+    raw: Path = typer.Option(..., "--raw", help="Folder or zip with ratings.dat[.gz], movies.dat, users.dat."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Build ML-1M splits from the raw GroupLens files with CoLLM's protocol."""
+    from cora.data.movielens import prepare_movielens
+
+    meta = prepare_movielens(raw, out, overwrite=overwrite)
+    _print_meta(meta, out)
+
+
+@prepare_app.command("amazon-book")
+def data_prepare_amazon_book(
+    reviews: Path = typer.Option(..., "--reviews", help="Books_5.json.gz (Amazon 2018 reviews, JSON lines)."),
+    meta: Path = typer.Option(..., "--meta", help="meta_Books.json.gz (Amazon 2018 metadata, JSON lines)."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Build Amazon-Book splits from the raw 2018 files with CoLLM's protocol."""
+    from cora.data.amazon import prepare_amazon_book
+
+    info = prepare_amazon_book(reviews, meta, out, overwrite=overwrite)
+    _print_meta(info, out)
+
+
+@data_app.command("info")
+def data_info(root: Path = typer.Argument(..., help="Dataset folder.")) -> None:
+    """Show a dataset folder's statistics."""
+    from cora.data.store import load_dataset
+
+    _print_meta(load_dataset(root).meta, root)
+
+
+# ----------------------------------------------------------------------------- cf
+@cf_app.command("train")
+def cf_train(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    model: str = typer.Option("mf", "--model", help="mf | lightgcn | sasrec"),
+    out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the paper's for the model)."),
+    wd: Optional[float] = typer.Option(None, help="L2 weight decay (default: the paper's)."),
+    dim: Optional[int] = typer.Option(None, help="Embedding size (default 256)."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-AUC gain."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    resume: bool = typer.Option(True, help="Resume an interrupted run in --out (default on)."),
+) -> None:
+    """Train a CF model with early stopping on full-valid AUC; writes a run folder."""
+    from cora.cf.train import train_cf
+    from cora.config import CFConfig
+
+    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, weight_decay=wd, dim=dim, patience=patience,
+                                       batch_size=batch_size, seed=seed).items() if v is not None}
+    cfg = CFConfig.for_model(model, data=str(data), **overrides)
+    metrics = train_cf(cfg, out, resume=resume)
+    _print_metrics(metrics, title=f"{model} -> {out}")
+
+
+@cf_app.command("evaluate")
+def cf_evaluate(
+    run: Path = typer.Argument(..., help="CF run folder."),
+    split: str = typer.Option("test", help="valid | test"),
+) -> None:
+    """Recompute a split's metrics from the saved CF model."""
+    from cora.cf.train import evaluate_cf_run
+
+    metrics = evaluate_cf_run(run, split)
+    _print_metrics({split: metrics}, title=str(run))
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("split", "n", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC"):
+        t.add_column(c, justify="right")
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for split, m in metrics.items():
+        if not isinstance(m, dict) or "auc" not in m:
+            continue
+        t.add_row(split, f"{m['n']:,}", f(m["auc"]), f(m["uauc"]), f(m["warm"]["auc"]), f(m["warm"]["uauc"]),
+                  f(m["cold"]["auc"]), f(m["cold"]["uauc"]))
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CoraError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

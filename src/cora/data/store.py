@@ -1,0 +1,107 @@
+"""The project's on-disk dataset: one Parquet file per split plus ``meta.json``.
+
+Every importer and raw processor ends in :func:`write_dataset`, so all datasets share one
+layout and one set of statistics, and are written atomically (built in a temporary folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cora.data.schema import SPLITS, validate_table
+from cora.errors import CoraError
+from cora.io import atomic_dir, read_json, write_json
+
+DOMAINS = {"movielens": "movies", "ml-1m": "movies", "amazon-book": "books"}
+
+
+def split_stats(df: pd.DataFrame) -> dict:
+    return {
+        "rows": int(len(df)),
+        "users": int(df["uid"].nunique()),
+        "items": int(df["iid"].nunique()),
+        "positive_rate": round(float(df["label"].mean()), 6),
+        "warm_rows": int(df["not_cold"].sum()),
+    }
+
+
+def write_dataset(out: str | Path, splits: dict[str, pd.DataFrame], *, name: str, domain: str,
+                  source: dict | None = None, overwrite: bool = False, extra: dict | None = None) -> dict:
+    """Validate every split and write ``out/<split>.parquet`` + ``out/meta.json`` atomically."""
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise CoraError(f"{out}: dataset lacks split(s) {', '.join(missing)}")
+    tables = {s: validate_table(splits[s], f"{name}:{s}") for s in SPLITS}
+    all_rows = pd.concat([tables[s] for s in ("train", "valid", "test")], ignore_index=True)
+    max_his = max((max(h) for h in all_rows["his"] if len(h)), default=0)
+    meta = {
+        "name": name,
+        "domain": domain,
+        "n_users": int(all_rows["uid"].max()) + 1,
+        "n_items": int(max(all_rows["iid"].max(), max_his)) + 1,
+        "users_seen": int(all_rows["uid"].nunique()),
+        "items_seen": int(all_rows["iid"].nunique()),
+        "splits": {s: split_stats(tables[s]) for s in SPLITS},
+        "source": source or {},
+        **(extra or {}),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for s, df in tables.items():
+            df.to_parquet(tmp / f"{s}.parquet", index=False)
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset folder: lazy access to its splits and its metadata."""
+
+    root: Path
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def domain(self) -> str:
+        return self.meta["domain"]
+
+    @property
+    def n_users(self) -> int:
+        return int(self.meta["n_users"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["n_items"])
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in SPLITS:
+            raise CoraError(f"unknown split '{name}' (choose from {', '.join(SPLITS)})")
+        path = self.root / f"{name}.parquet"
+        if not path.exists():
+            raise CoraError(f"{path}: split file not found")
+        df = pd.read_parquet(path)
+        # Parquet gives numpy arrays for list columns; the rest of the code expects lists.
+        df["his"] = df["his"].map(list)
+        df["his_title"] = df["his_title"].map(list)
+        return df
+
+    def titles(self) -> dict[int, str]:
+        """Item id -> title, from every split's targets and histories."""
+        out: dict[int, str] = {}
+        for s in ("train", "valid", "test"):
+            df = self.split(s)
+            out.update(zip(df["iid"].tolist(), df["title"].tolist()))
+        return out
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.exists():
+        raise CoraError(f"{root}: not a cora dataset folder (no meta.json); create one with 'cora data import-collm' or 'cora data prepare'")
+    return Dataset(root=root, meta=read_json(meta_path))

@@ -1,0 +1,28 @@
+"""Small builders shared by tests: synthetic interaction tables in the project's schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def synthetic_table(n_rows: int = 200, n_users: int = 12, n_items: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Rows whose label follows a hidden user/item affinity, so CF models can learn something."""
+    rng = np.random.default_rng(seed)
+    uid = rng.integers(1, n_users + 1, n_rows)
+    iid = rng.integers(1, n_items + 1, n_rows)
+    label = ((uid + iid) % 2 == 0).astype(int)
+    his = [[0] + list(rng.integers(1, n_items + 1, rng.integers(0, 6))) for _ in range(n_rows)]
+    return pd.DataFrame({
+        "uid": uid, "iid": iid, "label": label, "timestamp": np.arange(n_rows) + 1_000_000,
+        "his": his, "his_title": [[""] + [f"Movie {x}" for x in h[1:]] for h in his],
+        "title": [f"Movie {i}" for i in iid], "not_cold": (np.arange(n_rows) % 4 != 0).astype(int),
+    })
+
+
+def synthetic_splits(seed: int = 0, **kw) -> dict[str, pd.DataFrame]:
+    train = synthetic_table(seed=seed, **kw)
+    train["not_cold"] = 1
+    valid = synthetic_table(seed=seed + 1, n_rows=120, **{k: v for k, v in kw.items() if k != "n_rows"})
+    test = synthetic_table(seed=seed + 2, n_rows=120, **{k: v for k, v in kw.items() if k != "n_rows"})
+    return {"train": train, "valid": valid, "valid_small": valid.iloc[:60], "test": test}
