@@ -137,11 +137,69 @@ def cf_train(
 def cf_evaluate(
     run: Path = typer.Argument(..., help="CF run folder."),
     split: str = typer.Option("test", help="valid | test"),
+    limit: Optional[int] = typer.Option(None, help="Score the same ~N-row whole-user sample as 'cora evaluate --limit N'."),
 ) -> None:
     """Recompute a split's metrics from the saved CF model."""
     from cora.cf.train import evaluate_cf_run
 
-    metrics = evaluate_cf_run(run, split)
+    metrics = evaluate_cf_run(run, split, limit)
+    _print_metrics({split: metrics}, title=str(run))
+
+
+# ----------------------------------------------------------------------------- LLM methods
+@app.command("train")
+def train_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
+    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run folder (CoRA, CoLLM, BinLLM)."),
+    method: Optional[str] = typer.Option(None, "--method", help="cora | icl"),
+    out: Path = typer.Option(..., "--out", help="Run folder to create."),
+    backbone: Optional[str] = typer.Option(None, help="smollm2-135m (default), a HF folder, a .gguf file or a hub id."),
+    modules: Optional[str] = typer.Option(None, help="Adapted modules: qkvo (default), qkvof, qkv, qko, qk."),
+    rank: Optional[int] = typer.Option(None, help="Rank r of the collaborative weights (16)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per step (8)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (1)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1e-3)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps budget (2000)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (100)."),
+    patience: Optional[int] = typer.Option(None, help="Stop after N validations without gain (20)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (200)."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use N random training rows."),
+    limit_valid: Optional[int] = typer.Option(None, "--limit-valid", help="Validate on ~N rows of whole users."),
+    max_titles: Optional[int] = typer.Option(None, "--max-titles", help="History titles in the prompt (10)."),
+    no_titles: Optional[bool] = typer.Option(None, "--no-titles/--titles", help="ID-only prompt ablation."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (backbone compute dtype)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
+    seed: Optional[int] = typer.Option(None, help="Random seed (42)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override its fields."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Train an LLM method (CoRA by default) with the one training loop; writes a run folder."""
+    from cora.config import LLMConfig
+    from cora.train.run import train_run
+
+    base = LLMConfig.load(config).to_dict() if config else {}
+    flags = dict(data=data, cf=cf, method=method, backbone=backbone, modules=modules, rank=rank,
+                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps, eval_every=eval_every,
+                 patience=patience, warmup_steps=warmup_steps, limit_train=limit_train, limit_valid=limit_valid,
+                 max_titles=max_titles, no_titles=no_titles, dtype=dtype, device=device, seed=seed)
+    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+    cfg = LLMConfig.from_dict(base, source=str(config or "flags"))
+    if not cfg.data:
+        raise CoraError("--data is required (or a 'data' field in --config)")
+    summary = train_run(cfg, out, resume=resume)
+    console.print_json(json.dumps(summary))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
+    split: str = typer.Option("test", help="valid | valid_small | test"),
+    limit: Optional[int] = typer.Option(None, help="Score ~N rows made of whole users (seeded)."),
+) -> None:
+    """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet."""
+    from cora.train.run import evaluate_run
+
+    metrics = evaluate_run(run, split, limit)
     _print_metrics({split: metrics}, title=str(run))
 
 

@@ -79,3 +79,52 @@ class CFConfig(_YamlConfig):
         if model not in CF_DEFAULTS:
             raise CoraError(f"unknown CF model '{model}' (choose from {', '.join(CF_DEFAULTS)})")
         return cls(model=model, **{**CF_DEFAULTS[model], **overrides})
+
+
+@dataclass
+class LLMConfig(_YamlConfig):
+    """One LLM run: data, method, backbone, adapter, generator and training-loop settings."""
+
+    data: str = ""
+    method: str = "cora"
+    cf: str | None = None  # CF run folder (CoRA, CoLLM, BinLLM)
+    backbone: str = "smollm2-135m"
+    dtype: str = "fp32"
+    device: str = "cpu"
+    # prompt
+    max_titles: int = 10
+    no_titles: bool = False  # ID-only ablation: no history titles in the prompt
+    max_length: int | None = None
+    # CoRA adapter and generator (DESIGN sec. 4 / 7)
+    modules: str = "qkvo"
+    rank: int = 16
+    alpha: float = 32.0
+    lora_dropout: float = 0.05
+    gen_queries: int = 4
+    gen_layers: int | None = None  # None: 8 (paper) for d_model >= 2048, else 2 (small backbones)
+    gen_heads: int = 8
+    gen_ffn: int | None = None  # None: 3072 (paper) for d_model >= 2048, else 1024
+    gen_dropout: float = 0.1
+    # loop (reference: AdamW, lr 1e-3, warm-up from 1e-5 over 200 steps, cosine to 8e-5)
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_start_lr: float = 1e-5
+    warmup_steps: int = 200
+    min_lr: float = 8e-5
+    weight_decay: float = 1e-3
+    max_steps: int = 2000
+    eval_every: int = 100
+    patience: int = 20
+    selection_metric: str = "auc"
+    limit_train: int | None = None
+    limit_valid: int | None = None
+    eval_batch_size: int = 16
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+    def generator_size(self, d_model: int) -> tuple[int, int]:
+        """(layers, ffn): the paper's generator for 7B-class backbones, a smaller one for small
+        backbones so that a SmolLM2 checkpoint stays a few tens of MB."""
+        big = d_model >= 2048
+        return (self.gen_layers or (8 if big else 2), self.gen_ffn or (3072 if big else 1024))

@@ -1,0 +1,38 @@
+"""Prompt text (DESIGN sec. 4 and 7), built from an interaction row. Knows no tokenizer.
+
+The history is the (up to) 10 most recent positive titles, oldest first, each in double quotes,
+joined by ", "; an empty history is written as a placeholder word; the target title is quoted.
+The "\\n" before "#Answer:" is a literal backslash-n, as in the reference prompt file.
+"""
+
+from __future__ import annotations
+
+MAX_HISTORY_TITLES = 10
+EMPTY_HISTORY = "None"
+SINGULAR = {"movies": "movie", "books": "book"}
+
+TEMPLATE = (
+    "#Question: A user has given high ratings to the following {domain}: {history}. "
+    "Leverage the information to predict whether the user would enjoy the {item} titled {target}? "
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+
+
+def history_titles(his_title, max_titles: int = MAX_HISTORY_TITLES) -> list[str]:
+    """The most recent ``max_titles`` titles of a history, oldest first, padding ('') removed."""
+    titles = [t for t in his_title if t]
+    return titles[-max_titles:] if max_titles > 0 else []
+
+
+def quote(title: str) -> str:
+    return f'"{title}"'
+
+
+def build_prompt(his_title, title: str, domain: str = "movies", max_titles: int = MAX_HISTORY_TITLES,
+                 template: str = TEMPLATE, **fields) -> str:
+    """The text prompt of one (user, target item) row. ``fields`` fill extra placeholders
+    (other methods' templates, e.g. CoLLM's ``<UserID>`` slots)."""
+    titles = history_titles(his_title, max_titles)
+    history = ", ".join(quote(t) for t in titles) if titles else EMPTY_HISTORY
+    return template.format(domain=domain, item=SINGULAR.get(domain, "item"), history=history,
+                           target=quote(title), **fields)

@@ -1,0 +1,151 @@
+"""Per-sample low-rank injection: CoRA's collaborative weights inside a frozen LLM.
+
+Like ``peft``, this file keeps the tuner apart from the model: :class:`CollaborativeAdapter`
+wraps chosen ``nn.Linear`` modules of any Llama / Qwen2 / Mistral / Gemma-style model (found by
+module name; no forked modeling file, no patching of transformers internals) and owns their
+trainable ``B`` matrices. The per-pair ``A`` matrices are *not* parameters: a generator computes
+one ``A`` per (user, item) pair and hands them to :meth:`CollaborativeAdapter.weights` for the
+duration of a forward pass.
+
+For sample ``b`` a wrapped module computes::
+
+    y_b = W x_b + s * B^T (A_b^T dropout(x_b))          (s = alpha / r)
+
+i.e. the per-pair weight ``W + s (A_b B)^T`` without materialising it: two batched matmuls of
+rank r, no per-sample Python loop. With no weights set, the module is exactly ``W x``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from cora.errors import CoraError
+
+# The paper's letters -> projection names in HF decoder layers ("f" = the MLP's projections).
+MODULE_LETTERS: dict[str, tuple[str, ...]] = {
+    "q": ("q_proj",),
+    "k": ("k_proj",),
+    "v": ("v_proj",),
+    "o": ("o_proj",),
+    "f": ("gate_proj", "up_proj", "down_proj"),
+}
+PRESETS = ("qkvof", "qkvo", "qkv", "qko", "qk")
+
+
+def parse_modules(spec: str) -> tuple[str, ...]:
+    """``"qkvo"`` -> ``("q_proj", "k_proj", "v_proj", "o_proj")``; unknown letters are an error."""
+    spec = spec.strip().lower()
+    bad = sorted(set(spec) - set(MODULE_LETTERS))
+    if not spec or bad:
+        raise CoraError(f"--modules '{spec}': use letters from q, k, v, o, f (presets: {', '.join(PRESETS)})")
+    return tuple(name for letter in dict.fromkeys(spec) for name in MODULE_LETTERS[letter])
+
+
+class _WeightsSlot:
+    """Shared by every wrapped module: the current per-pair A matrices, keyed by input width."""
+
+    def __init__(self) -> None:
+        self.a_by_width: dict[int, torch.Tensor] | None = None
+
+
+class CollaborativeLinear(nn.Module):
+    """``nn.Linear`` plus a per-sample low-rank path whose A comes from outside and B is trained."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, slot: _WeightsSlot):
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.scale = alpha / rank
+        # Zero init: at step 0 the wrapped model is exactly the frozen LLM.
+        self.lowrank_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._slot = slot  # plain attribute, not a submodule: one slot shared by all wrappers
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads .weight.dtype / .device
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        slot = self._slot.a_by_width
+        if slot is None:
+            return out
+        a = slot[self.base.in_features]  # (batch, d_in, r)
+        if x.shape[0] != a.shape[0]:
+            raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
+        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r) @ (r, d_out): rank-r work only.
+        h = torch.bmm(self.dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a.to(x.dtype))
+        delta = (h @ self.lowrank_B.to(x.dtype)) * self.scale
+        return out + delta.reshape(out.shape)
+
+
+class CollaborativeAdapter(nn.Module):
+    """Wraps the selected linear modules of every decoder layer; owns the B matrices.
+
+    Use::
+
+        adapter = CollaborativeAdapter(model, modules="qkvo", rank=16, alpha=32, dropout=0.05)
+        with adapter.weights({d_model: A_dm, d_ffn: A_ffn}):   # each (batch, d_in, r)
+            logits = model(...).logits
+    """
+
+    def __init__(self, model: nn.Module, modules: str = "qkvo", rank: int = 16, alpha: float = 32.0,
+                 dropout: float = 0.05):
+        super().__init__()
+        self.spec, self.rank, self.alpha = modules, rank, alpha
+        targets = parse_modules(modules)
+        self._slot = _WeightsSlot()
+        self.wrapped: dict[str, CollaborativeLinear] = {}
+        pattern = re.compile(r"(^|\.)(" + "|".join(targets) + r")$")
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear) and pattern.search(name):
+                wrapper = CollaborativeLinear(module, rank, alpha, dropout, self._slot)
+                model.set_submodule(name, wrapper)
+                self.wrapped[name] = wrapper
+        if not self.wrapped:
+            linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise CoraError(f"no linear modules named {', '.join(targets)} in this model (it has: {', '.join(linears)})")
+        found = {n.rsplit(".", 1)[-1] for n in self.wrapped}
+        missing = sorted(set(targets) - found)
+        if missing:
+            raise CoraError(f"this model has no {', '.join(missing)} modules for --modules {modules}")
+        # Registered here only for parameter bookkeeping; the modules live inside the model.
+        self._b = nn.ParameterDict({n.replace(".", "__"): w.lowrank_B for n, w in self.wrapped.items()})
+
+    @property
+    def input_widths(self) -> list[int]:
+        """Distinct input widths of wrapped modules: one A per pair is needed for each."""
+        return sorted({w.in_features for w in self.wrapped.values()})
+
+    @contextlib.contextmanager
+    def weights(self, a_by_width: dict[int, torch.Tensor] | None) -> Iterator[None]:
+        if a_by_width is not None:
+            need = set(self.input_widths) - set(a_by_width)
+            if need:
+                raise CoraError(f"collaborative weights missing for input width(s) {sorted(need)}")
+        previous = self._slot.a_by_width
+        self._slot.a_by_width = a_by_width
+        try:
+            yield
+        finally:
+            self._slot.a_by_width = previous
+
+    def b_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.lowrank_B": w.lowrank_B.detach() for n, w in self.wrapped.items()}
+
+    def load_b_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for n, w in self.wrapped.items():
+            w.lowrank_B.data.copy_(state[f"{n}.lowrank_B"])

@@ -1,0 +1,121 @@
+"""What every LLM method shares: prompts -> cached token ids -> batches -> Yes logits.
+
+A method says what is trainable and how a batch becomes logits; the one training loop in
+``cora.train`` does the rest. Subclasses set ``name`` and override :meth:`forward` (and
+:meth:`prompt_texts` when their prompt differs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cora.cf.data import pad_histories
+from cora.config import LLMConfig
+from cora.data.prompts import build_prompt
+from cora.llm.backbone import Backbone
+from cora.llm.scoring import yes_logits
+from cora.llm.tokenize import left_pad, tokenize_prompts
+
+
+@dataclass
+class EncodedSplit(torch.utils.data.Dataset):
+    """A split with its prompts tokenised once; items are row indices, batches come from collate."""
+
+    input_ids: list[list[int]]
+    uid: torch.Tensor
+    iid: torch.Tensor
+    label: torch.Tensor
+    his: torch.Tensor | None
+    frame: pd.DataFrame  # uid, iid, label, not_cold: the columns predictions keep
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+class LLMMethod(nn.Module):
+    name: ClassVar[str] = "base"
+    uses_cf: ClassVar[bool] = False
+
+    def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.llm = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.yes_token_id = backbone.yes_token_id
+        self.bos_token_id = backbone.bos_token_id
+        self.pad_token_id = backbone.tokenizer.pad_token_id
+        self.cf = cf_model
+        # Frozen parts stay in eval mode (no dropout) whatever mode the method is in.
+        self.llm.requires_grad_(False)
+        if cf_model is not None:
+            cf_model.requires_grad_(False)
+
+    # ---------------------------------------------------------------- data
+    def prompt_texts(self, df: pd.DataFrame, domain: str) -> list[str]:
+        max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
+        return [build_prompt(h, t, domain, max_titles) for h, t in zip(df["his_title"], df["title"])]
+
+    def encode(self, df: pd.DataFrame, domain: str) -> EncodedSplit:
+        ids = tokenize_prompts(self.tokenizer, self.prompt_texts(df, domain), self.bos_token_id, self.cfg.max_length)
+        his = pad_histories(df["his"], self.cf.max_len) if getattr(self.cf, "uses_history", False) else None
+        return EncodedSplit(
+            input_ids=ids,
+            uid=torch.tensor(df["uid"].to_numpy(), dtype=torch.long),
+            iid=torch.tensor(df["iid"].to_numpy(), dtype=torch.long),
+            label=torch.tensor(df["label"].to_numpy(), dtype=torch.float32),
+            his=his,
+            frame=df[["uid", "iid", "label", "not_cold"]].reset_index(drop=True),
+        )
+
+    def collate(self, split: EncodedSplit, rows: list[int]) -> dict[str, torch.Tensor]:
+        input_ids, mask = left_pad([split.input_ids[r] for r in rows], self.pad_token_id)
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": mask, "uid": split.uid[idx], "iid": split.iid[idx],
+                 "label": split.label[idx], "row": idx}
+        if split.his is not None:
+            batch["his"] = split.his[idx]
+        return batch
+
+    # ---------------------------------------------------------------- model
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.llm.eval()
+        if self.cf is not None:
+            self.cf.eval()
+        return self
+
+    def score(self, batch: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs_embeds is not None:
+            return yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], inputs_embeds=inputs_embeds)
+        return yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], input_ids=batch["input_ids"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.score(batch)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            from cora.errors import CoraError
+
+            raise CoraError(f"checkpoint does not match the method: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                params[n].copy_(t)

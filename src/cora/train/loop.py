@@ -1,0 +1,202 @@
+"""The one training loop for every LLM method (nanoGPT-style: one readable function).
+
+AdamW (decay on matrices only), linear warm-up + cosine, gradient accumulation, validation every
+``eval_every`` optimizer steps on valid_small, best / last checkpoints of the trainable tensors,
+patience, exact resume, and a progress bar. Built on ``accelerate`` so the same code runs on CPU,
+one GPU or several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cora.config import LLMConfig
+from cora.errors import CoraError
+from cora.eval.metrics import auc, uauc
+from cora.io import read_json, write_json
+from cora.methods.base import EncodedSplit, LLMMethod
+from cora.train.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from cora.train.sampling import EpochBatches
+from cora.train.schedule import warmup_cosine
+
+
+def make_accelerator(cfg: LLMConfig) -> Accelerator:
+    # The frozen backbone already holds the compute dtype (bf16 weights run bf16 matmuls), and
+    # trainable tensors stay fp32; fp16 on a GPU additionally needs accelerate's loss scaling.
+    cuda = cfg.device in ("cuda", "auto") and torch.cuda.is_available()
+    mixed = "fp16" if cfg.dtype == "fp16" and cuda else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+@torch.no_grad()
+def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator: Accelerator | None = None,
+            show_progress: bool = False, description: str = "scoring") -> np.ndarray:
+    """Yes logits for every row, in the split's order. Rows are scored sorted by length so a batch
+    holds prompts of similar length (little padding); each process scores a disjoint shard and the
+    shards are gathered without duplicates."""
+    was_training = method.training
+    method.eval()
+    n = len(split)
+    order = np.argsort(split.lengths, kind="stable")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = order[rank::world]
+    scores: dict[int, float] = {}
+    device = accelerator.device if accelerator else torch.device("cpu")
+    with _progress(show_progress) as progress:
+        task = progress.add_task(description, total=len(mine), info="")
+        for start in range(0, len(mine), batch_size):
+            rows = mine[start:start + batch_size].tolist()
+            batch = {k: v.to(device) for k, v in method.collate(split, rows).items()}
+            logits = method(batch).float().cpu().tolist()
+            scores.update(zip(rows, logits))
+            progress.advance(task, len(rows))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[int, float] = {}
+        for part in gather_object([scores]):
+            merged.update(part)
+        scores = merged
+    method.train(was_training)
+    return np.array([scores[i] for i in range(n)], dtype=np.float64)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
+
+
+def _optimizer(method: LLMMethod, cfg: LLMConfig) -> torch.optim.Optimizer:
+    params = [p for p in method.parameters() if p.requires_grad]
+    if not params:
+        raise CoraError(f"method '{cfg.method}' has no trainable parameters: evaluate it directly")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def selection_score(labels: np.ndarray, users: np.ndarray, scores: np.ndarray, metric: str) -> float:
+    value = auc(labels, scores) if metric == "auc" else uauc(users, labels, scores)[0]
+    return -math.inf if math.isnan(value) else float(value)
+
+
+def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMConfig, out: Path,
+        resume: bool = True, show_progress: bool = True) -> dict:
+    """Train ``method`` until ``max_steps`` or ``patience`` validations without improvement."""
+    out = Path(out)
+    summary_path = out / "train_summary.json"
+    if resume and summary_path.exists():
+        return read_json(summary_path)
+    torch.manual_seed(cfg.seed)
+    acc = make_accelerator(cfg)
+    opt = _optimizer(method, cfg)
+    sched = warmup_cosine(opt, cfg.lr, cfg.warmup_start_lr, cfg.warmup_steps, cfg.min_lr, cfg.max_steps)
+    # No DataLoader: batches are collated from cached token ids on the fly, and a global batch of
+    # batch_size * processes rows is cut into one slice per process, so N processes with batch b
+    # see exactly the rows of one process with batch N*b, and a resumed run skips exactly the
+    # batches it has seen (no iterator seeds drawn from the global RNG).
+    world, rank = acc.num_processes, acc.process_index
+    sampler = EpochBatches(len(train), cfg.batch_size * world, cfg.seed, drop_last=world > 1)
+    if len(sampler) == 0:
+        raise CoraError(f"training split has {len(train)} rows, fewer than one batch of {cfg.batch_size * world}")
+    model, opt = acc.prepare(method, opt)
+    unwrapped: LLMMethod = acc.unwrap_model(model)
+
+    step, best, bad, micro = 0, {"score": -math.inf, "step": 0}, 0, 0
+    ckpt = out / "checkpoint"
+    if resume and (ckpt / "state.pt").exists():
+        trainable, state = load_checkpoint(ckpt)
+        unwrapped.load_trainable_state_dict(trainable)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
+    valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
+    log = open(out / "log.jsonl", "a")
+    t0, seen, stop_reason = time.time(), 0, "max_steps"
+    running = []
+    model.train()
+    with _progress(show_progress and acc.is_main_process) as progress:
+        task = progress.add_task(f"train {cfg.method}", total=cfg.max_steps, completed=step, info="")
+        while step < cfg.max_steps and stop_reason == "max_steps":
+            epoch, offset = divmod(micro, len(sampler))
+            sampler.set_epoch(epoch)
+            for i, rows in enumerate(sampler):
+                if i < offset:
+                    continue
+                local = rows[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+                batch = {k: v.to(acc.device) for k, v in unwrapped.collate(train, local).items()}
+                sync = (micro + 1) % cfg.grad_accum == 0
+                ctx = acc.no_sync(model) if not sync else _null()
+                with ctx:
+                    logits = model(batch)
+                    loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+                    if not torch.isfinite(loss):
+                        raise CoraError(f"loss became {loss.item()} at step {step + 1} (lower --lr; the last "
+                                        f"checkpoint in {ckpt} is intact)")
+                    acc.backward(loss / cfg.grad_accum)
+                micro += 1
+                seen += len(rows)
+                running.append(loss.item())
+                if not sync:
+                    continue
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                rate = seen / max(time.time() - t0, 1e-9)
+                progress.update(task, completed=step, info=f"loss {np.mean(running[-20:]):.4f}  {rate:.1f} samples/s  "
+                                                           f"best {cfg.selection_metric} {best['score']:.4f}@{best['step']}")
+                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                    scores = predict(unwrapped, valid, cfg.eval_batch_size, acc)
+                    score = selection_score(valid_labels, valid_users, scores, cfg.selection_metric)
+                    improved = score > best["score"]
+                    if improved:
+                        best, bad = {"score": score, "step": step}, 0
+                        if acc.is_main_process:
+                            save_tensors(out / "model.safetensors", unwrapped.trainable_state_dict())
+                    else:
+                        bad += 1
+                    record = {"step": step, "epoch": epoch, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
+                              f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
+                              "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
+                    running = []
+                    if acc.is_main_process:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "torch_rng": torch.get_rng_state(), "step": step, "best": best, "bad": bad,
+                            "micro": micro})
+                    acc.wait_for_everyone()
+                    if bad >= cfg.patience:
+                        stop_reason = "patience"
+                if step >= cfg.max_steps or stop_reason != "max_steps":
+                    break
+    log.close()
+    summary = {"steps": step, "stop_reason": stop_reason, "best_step": best["step"],
+               f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
+               "samples_per_s": round(seen / max(time.time() - t0, 1e-9), 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if acc.is_main_process:
+        write_json(summary_path, summary)
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,117 @@
+"""Run folders for LLM methods: build a method from a config, train it, evaluate it.
+
+RUN/config.yaml            the resolved LLMConfig (rebuilds the run)
+RUN/model.safetensors      best trainable tensors only
+RUN/checkpoint/            last state for --resume
+RUN/log.jsonl              one line per validation
+RUN/train_summary.json     steps, stop reason, wall time, samples/s, peak memory
+RUN/metrics.json           {split: {n, auc, uauc, uauc_users, warm, cold}}
+RUN/predictions-<split>.parquet   uid, iid, label, score, not_cold
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cora.cf.train import load_cf_run
+from cora.config import LLMConfig
+from cora.data.store import Dataset, load_dataset
+from cora.errors import CoraError
+from cora.eval.metrics import evaluate_predictions
+from cora.io import read_json, write_json, write_parquet
+from cora.llm.backbone import load_backbone
+from cora.methods import LLMMethod, method_class
+from cora.train.checkpoint import load_tensors
+from cora.train.loop import fit, make_accelerator, predict
+from cora.data.sampling import sample_rows, sample_users, split_key
+
+
+def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
+    """The method named by ``cfg`` on its backbone (and CF run), untrained."""
+    cls = method_class(cfg.method)
+    ds = load_dataset(cfg.data)
+    cf_model = None
+    if cls.uses_cf:
+        if not cfg.cf:
+            raise CoraError(f"method '{cfg.method}' needs a CF run: pass --cf RUN (train one with 'cora cf train')")
+        cf_model, cf_cfg, cf_ds = load_cf_run(cfg.cf)
+        if cf_ds.n_users > ds.n_users or cf_ds.n_items > ds.n_items or cf_ds.name != ds.name:
+            raise CoraError(f"CF run {cfg.cf} was trained on '{cf_ds.name}', not on this dataset ('{ds.name}')")
+    backbone = backbone or load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
+    torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
+    method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
+    return method, ds
+
+
+def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    if saved.exists():
+        if not resume:
+            raise CoraError(f"{out}: a run is already there (pass --resume to continue it, or choose another --out)")
+        previous = LLMConfig.load(saved)
+        keep_free = {"max_steps", "patience", "eval_every"}  # may be raised to continue a run
+        diff = [k for k, v in cfg.to_dict().items() if k not in keep_free and previous.to_dict().get(k) != v]
+        if diff:
+            raise CoraError(f"{out}: the existing run used other settings for {', '.join(diff)}; "
+                            "use another --out or the same settings")
+    cfg.save(saved)
+
+
+def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
+              backbone=None) -> dict:
+    out = Path(out)
+    _start_run(cfg, out, resume)
+    method, ds = build_method(cfg, backbone)
+    if not any(p.requires_grad for p in method.parameters()):
+        summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0}
+        write_json(out / "train_summary.json", summary)
+        return summary
+    train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
+    valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, cfg.seed)
+    train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
+    return fit(method, train, valid, cfg, out, resume=resume, show_progress=show_progress)
+
+
+def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Dataset]:
+    """A trained run's method with its best trainable tensors loaded."""
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
+    cfg = LLMConfig.load(run / "config.yaml")
+    method, ds = build_method(cfg, backbone)
+    if any(p.requires_grad for p in method.parameters()):
+        method.load_trainable_state_dict(load_tensors(run / "model.safetensors"))
+    method.eval()
+    return method, cfg, ds
+
+
+def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None, show_progress: bool = True,
+                 backbone=None) -> dict:
+    """Score a split with the run's best weights; writes predictions and updates metrics.json."""
+    run = Path(run)
+    if split not in ("valid", "valid_small", "test"):
+        raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
+    method, cfg, ds = load_run(run, backbone)
+    df = sample_users(ds.split(split), limit, seed=0)
+    encoded = method.encode(df, ds.domain)
+    t0 = time.time()
+    scores = predict(method, encoded, cfg.eval_batch_size, make_accelerator(cfg), show_progress=show_progress,
+                     description=f"{cfg.method} {split}")
+    elapsed = time.time() - t0
+    pred = encoded.frame.assign(score=scores)[["uid", "iid", "label", "score", "not_cold"]]
+    key = split_key(split, limit)
+    write_parquet(run / f"predictions-{key}.parquet", pred)
+    metrics = evaluate_predictions(pred)
+    metrics["eval"] = {"limit": limit, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    path = run / "metrics.json"
+    all_metrics = read_json(path) if path.exists() else {}
+    all_metrics[key] = metrics
+    write_json(path, all_metrics)
+    return metrics
