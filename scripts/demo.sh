@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The main job: get ML-1M -> train MF -> print valid / test AUC and UAUC.
-# Every step writes its own folder under $RUN and is skipped when already done, so an
-# interrupted demo continues where it stopped.
+# The main job: get ML-1M -> train MF -> train CoRA-MF on SmolLM2-135M for a CPU-sized step
+# budget -> score the same test sample with CoRA-MF, MF and the zero-shot backbone -> one table.
+# Every step writes its own folder under $RUN and is skipped (or resumed) when already there, so
+# an interrupted demo continues where it stopped.
 set -euo pipefail
 DATA="${1:-}"
 RUN="${2:-runs/demo}"
+# CPU-sized budget (about 45 min on 2 cores, see README); raise these on a GPU.
+STEPS="${CORA_DEMO_STEPS:-600}"
+TEST_ROWS="${CORA_DEMO_TEST_ROWS:-1500}"
 mkdir -p "$RUN"
 
 if [ ! -f "$RUN/data/meta.json" ]; then
@@ -26,3 +30,20 @@ fi
 
 echo "== training MF (paper settings; early stopping on valid AUC)"
 cora cf train --data "$RUN/data" --model mf --out "$RUN/mf"
+
+echo "== training CoRA-MF on SmolLM2-135M: $STEPS steps of 8 pairs (CPU budget)"
+if [ ! -f "$RUN/cora-mf/train_summary.json" ]; then
+  RESUME=""; [ -f "$RUN/cora-mf/config.yaml" ] && RESUME="--resume"
+  cora train --data "$RUN/data" --cf "$RUN/mf" --method cora --out "$RUN/cora-mf" \
+    --backbone smollm2-135m --max-steps "$STEPS" --warmup-steps 60 --eval-every 150 \
+    --limit-valid 400 $RESUME
+fi
+[ -f "$RUN/icl/config.yaml" ] || cora train --data "$RUN/data" --method icl --out "$RUN/icl" --backbone smollm2-135m
+
+echo "== scoring the same $TEST_ROWS-row test sample (whole users, seeded) with every model"
+KEY="test-limit$TEST_ROWS"
+has() { python -c 'import json, sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1])))' "$1/metrics.json" "$KEY" 2>/dev/null; }
+has "$RUN/mf" || cora cf evaluate "$RUN/mf" --split test --limit "$TEST_ROWS"
+has "$RUN/icl" || cora evaluate "$RUN/icl" --split test --limit "$TEST_ROWS"
+has "$RUN/cora-mf" || cora evaluate "$RUN/cora-mf" --split test --limit "$TEST_ROWS"
+cora report "$RUN/cora-mf" "$RUN/mf" "$RUN/icl" --split "$KEY" --out "$RUN/report.md"

@@ -22,13 +22,6 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cora.cli", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.fixture(scope="module")
-def ml1m(shared_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("imp") / "ml-1m"
-    import_collm(shared_data / "collm-ml-1m.zip", out, trust_pickle=True)
-    return out
-
-
 def test_real_ml1m_counts(ml1m):
     ds = load_dataset(ml1m)
     m = ds.meta

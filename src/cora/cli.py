@@ -203,6 +203,32 @@ def evaluate_cmd(
     _print_metrics({split: metrics}, title=str(run))
 
 
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (CF or LLM) to compare."),
+    split: str = typer.Option("test", help="Metrics key: test, valid, or e.g. test-limit2000."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown here."),
+) -> None:
+    """Print one table comparing runs on the same split (AUC, UAUC, warm, cold)."""
+    from rich.table import Table
+
+    from cora.eval.report import markdown_table, report_rows
+    from cora.io import atomic_path
+
+    rows = report_rows(runs, split)
+    t = Table(title=f"split: {split}")
+    for c in ("method", "n", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for r in rows:
+        t.add_row(r["method"], f"{r['n']:,}", f(r["auc"]), f(r["uauc"]), f(r["warm_auc"]), f(r["warm_uauc"]),
+                  f(r["cold_auc"]), f(r["cold_uauc"]))
+    console.print(t)
+    if out:
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(markdown_table(rows, split))
+
+
 def _print_metrics(metrics: dict, title: str) -> None:
     from rich.table import Table
 

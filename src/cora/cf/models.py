@@ -85,7 +85,8 @@ class LightGCN(CFModel):
         inv_sqrt = deg.pow(-0.5)
         inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
         values = inv_sqrt[rows] * inv_sqrt[cols]
-        self.adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
+        self.adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n),
+                                           check_invariants=True).coalesce()
         self._cache = None
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ def prepare_model(cfg: CFConfig, ds: Dataset) -> CFModel:
     if isinstance(model, LightGCN):
         train = ds.split("train")
         pos = train[train["label"] == 1]
-        model.set_graph(torch.as_tensor(pos["uid"].to_numpy()), torch.as_tensor(pos["iid"].to_numpy()))
+        model.set_graph(torch.tensor(pos["uid"].to_numpy()), torch.tensor(pos["iid"].to_numpy()))
     return model
 
 
