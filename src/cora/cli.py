@@ -203,11 +203,30 @@ def evaluate_cmd(
     _print_metrics({split: metrics}, title=str(run))
 
 
+@app.command("experiment")
+def experiment_cmd(
+    config: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the row(s) with this name."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild results.md and plots from finished rows."),
+) -> None:
+    """Run every row of an experiment (resuming finished and interrupted rows), then write
+    results.md, results.json and the plots."""
+    from cora.train.experiment import Experiment, run_experiment, write_results
+
+    exp = Experiment.load(config)
+    results = write_results(exp) if report_only else run_experiment(exp, only)
+    console.print((Path(exp.out) / "results.md").read_text())
+    if results["missing"]:
+        console.print(f"[yellow]not finished:[/] {', '.join(results['missing'])}")
+
+
 @app.command("report")
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (CF or LLM) to compare."),
     split: str = typer.Option("test", help="Metrics key: test, valid, or e.g. test-limit2000."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown here."),
+    plot: Optional[list[str]] = typer.Option(None, "--plot", help="Also draw: warm_cold, text_vs_id, modules "
+                                             "(PNG beside --out, or in the current folder)."),
 ) -> None:
     """Print one table comparing runs on the same split (AUC, UAUC, warm, cold)."""
     from rich.table import Table
@@ -227,6 +246,15 @@ def report_cmd(
     if out:
         with atomic_path(out) as tmp:
             Path(tmp).write_text(markdown_table(rows, split))
+    if plot:
+        from cora.eval.plots import PLOTS
+
+        for name in plot:
+            if name not in PLOTS:
+                raise CoraError(f"unknown plot '{name}' (choose from {', '.join(PLOTS)})")
+            path = (out.parent if out else Path(".")) / f"{name}.png"
+            PLOTS[name](rows, path)
+            console.print(f"wrote {path}")
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

@@ -175,6 +175,11 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     if acc.is_main_process:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
+                        if show_progress and not progress.console.is_terminal:
+                            # A bar is invisible in a log file: say each validation in one line.
+                            progress.console.print(f"step {step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
+                                                   f"{cfg.selection_metric} {score:.4f}  best {best['score']:.4f}"
+                                                   f"@{best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
                         save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": step, "best": best, "bad": bad,

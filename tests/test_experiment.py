@@ -1,0 +1,131 @@
+"""`cora experiment` and `cora report`: rows run into one folder, finished rows are skipped,
+results.md / results.json / plots are written from finished runs, bad files are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cora.errors import CoraError
+from cora.eval.plots import bar_count, modules_plot, text_vs_id_plot, warm_cold_plot
+from cora.train.experiment import Experiment, run_experiment
+
+from llm_fixtures import tiny_backbone_folder, tiny_dataset
+
+
+def tiny_experiment(root, **over) -> dict:
+    d = {
+        "name": "tiny", "budget": "a few seconds", "data": str(tiny_dataset(root)), "out": str(root / "exp"),
+        "test_limit": 60,
+        "llm": {"backbone": str(tiny_backbone_folder(root)), "rank": 4, "alpha": 8.0, "gen_layers": 1, "gen_heads": 2,
+                "gen_ffn": 32, "batch_size": 4, "eval_batch_size": 8, "max_steps": 4, "eval_every": 2,
+                "warmup_steps": 1, "limit_valid": 30, "lr": 1e-2, "seed": 3},
+        "cf": {"mf": {"model": "mf", "dim": 8, "epochs": 2, "patience": 2, "batch_size": 64}},
+        "plots": ["warm_cold", "text_vs_id"],
+        "rows": [{"name": "MF", "cf": "mf"}, {"name": "ICL", "method": "icl"},
+                 {"name": "CoRA-MF", "label": "CoRA-MF", "method": "cora", "cf": "mf"},
+                 {"name": "CoRA-MF ID-only", "label": "CoRA-MF", "method": "cora", "cf": "mf", "no_titles": True}],
+    }
+    d.update(over)
+    return d
+
+
+def write_yaml(path, d):
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_experiment_runs_rows_writes_results_and_skips_finished_rows(tmp_path):
+    cfg = write_yaml(tmp_path / "exp.yaml", tiny_experiment(tmp_path))
+    exp = Experiment.load(cfg)
+    results = run_experiment(exp)
+    assert [r["method"] for r in results["rows"]] == ["MF", "ICL", "CoRA-MF", "CoRA-MF ID-only"]
+    assert results["missing"] == [] and results["key"] == "test-limit60"
+    out = tmp_path / "exp"
+    md = (out / "results.md").read_text()
+    for name in ("| MF |", "| ICL |", "| CoRA-MF |", "| CoRA-MF ID-only |", "a few seconds"):
+        assert name in md
+    saved = json.loads((out / "results.json").read_text())
+    cora_row = next(r for r in saved["rows"] if r["method"] == "CoRA-MF")
+    assert cora_row["steps"] == 4 and 0 <= cora_row["auc"] <= 1
+    assert (out / "warm_cold.png").stat().st_size > 1000 and (out / "text_vs_id.png").exists()
+    # Every row folder holds the same test sample.
+    ns = {r["method"]: r["n"] for r in saved["rows"]}
+    assert len(set(ns.values())) == 1
+    # Second run: nothing retrained.
+    stamp = (out / "cora-mf" / "model.safetensors").stat().st_mtime_ns
+    run_experiment(Experiment.load(cfg))
+    assert (out / "cora-mf" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_report_only_lists_unfinished_rows(tmp_path):
+    d = tiny_experiment(tmp_path)
+    d["rows"] = d["rows"][:1]
+    exp = Experiment.load(write_yaml(tmp_path / "e.yaml", d))
+    from cora.train.experiment import write_results
+
+    assert write_results(exp)["missing"] == ["MF"]
+    assert "Not finished: MF" in (tmp_path / "exp" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(colour="red"), "unknown field(s) colour"),
+    (lambda d: d.pop("rows"), "missing field 'rows'"),
+    (lambda d: d["rows"].append({"name": "MF", "cf": "mf"}), "duplicate row name 'MF'"),
+    (lambda d: d["rows"].append({"name": "X", "method": "cora", "cf": "lgcn"}), "cf 'lgcn' is not defined"),
+    (lambda d: d["rows"].append({"name": "Y", "method": "cora", "rnak": 3}), "unknown field(s) rnak"),
+    (lambda d: d.update(plots=["pie"]), "unknown plot(s) pie"),
+    (lambda d: d["rows"].append({"name": "Z"}), "needs a 'method'"),
+])
+def test_bad_experiment_files_are_one_line_errors(tmp_path, change, message):
+    d = tiny_experiment(tmp_path)
+    change(d)
+    with pytest.raises(CoraError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Experiment.load(write_yaml(tmp_path / "bad.yaml", d))
+
+
+def test_cli_experiment_error_is_one_line(tmp_path):
+    d = tiny_experiment(tmp_path)
+    d["plots"] = ["pie"]
+    res = subprocess.run([sys.executable, "-m", "cora.cli", "experiment", str(write_yaml(tmp_path / "b.yaml", d))],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert len(res.stderr.strip().splitlines()) == 1 and "unknown plot(s) pie" in res.stderr
+
+
+ROWS = [
+    {"method": "A", "label": "A", "no_titles": False, "modules": "qkvo", "auc": 0.7, "uauc": 0.65,
+     "warm_auc": 0.72, "cold_auc": 0.6},
+    {"method": "A ID", "label": "A", "no_titles": True, "modules": "qk", "auc": 0.68, "uauc": 0.6,
+     "warm_auc": 0.7, "cold_auc": None},
+    {"method": "B", "label": "B", "no_titles": False, "modules": "qkv", "auc": 0.6, "uauc": 0.55,
+     "warm_auc": 0.61, "cold_auc": 0.52},
+]
+
+
+def test_plots_hold_the_right_number_of_bars(tmp_path):
+    assert bar_count(warm_cold_plot(ROWS, tmp_path / "wc.png")) == 6   # 3 methods x (warm, cold)
+    assert bar_count(text_vs_id_plot(ROWS, tmp_path / "tid.png")) == 4  # 2 labels x (text, ID-only)
+    assert bar_count(modules_plot(ROWS, tmp_path / "m.png")) == 6       # 3 module sets x (AUC, UAUC)
+    for name in ("wc.png", "tid.png", "m.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_cli_compares_runs_on_one_split(tmp_path):
+    d = tiny_experiment(tmp_path)
+    d["rows"] = d["rows"][:2]
+    run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    runs = [tmp_path / "exp" / "cf-mf", tmp_path / "exp" / "icl"]
+    res = subprocess.run([sys.executable, "-m", "cora.cli", "report", *map(str, runs), "--split", "test-limit60",
+                          "--out", str(tmp_path / "r.md"), "--plot", "warm_cold"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "r.md").read_text()
+    assert "| MF |" in md and "| ICL (zero-shot) |" in md
+    assert (tmp_path / "warm_cold.png").exists()
+    res = subprocess.run([sys.executable, "-m", "cora.cli", "report", str(runs[0]), "--split", "valid-limit5"],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "no metrics for split 'valid-limit5'" in res.stderr
