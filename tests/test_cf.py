@@ -209,3 +209,11 @@ def test_mf_on_real_ml1m_reaches_the_paper(ml1m, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
+
+
+def test_lightgcn_moves_graph_and_frozen_cache_with_the_module():
+    model = LightGCN(4, 5, dim=3)
+    model.set_graph(torch.tensor([1, 2]), torch.tensor([2, 3]))
+    model.freeze_propagation()
+    model.to(torch.float64)
+    assert model.adj.dtype == torch.float64 and model._cache[0].dtype == torch.float64

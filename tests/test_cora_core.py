@@ -176,3 +176,26 @@ def test_module_letters():
     assert parse_modules("qkvof")[-3:] == ("gate_proj", "up_proj", "down_proj")
     with pytest.raises(CoraError, match="letters"):
         parse_modules("qx")
+
+
+def test_adapter_dropout_follows_training_mode_while_backbone_stays_in_eval(tmp_path):
+    method, _ = build_method(tiny_config(tmp_path, lora_dropout=0.5))
+    method.train()
+    wrapped = next(iter(method.adapter.wrapped.values()))
+    assert wrapped.dropout.training and not method.llm.training
+    assert not any(m.training for n, m in method.llm.named_modules() if not n.endswith("dropout") and
+                   not isinstance(m, type(wrapped)))
+    method.eval()
+    assert not wrapped.dropout.training
+
+
+def test_logit_offset_is_the_mean_initial_logit_and_travels_with_the_checkpoint(tmp_path):
+    from cora.train.run import load_run, train_run
+
+    cfg = tiny_config(tmp_path, max_steps=2, eval_every=2)
+    summary = train_run(cfg, tmp_path / "run", show_progress=False)
+    method, _, ds = load_run(tmp_path / "run")
+    assert float(method.logit_offset) == pytest.approx(summary["logit_offset"], abs=1e-4)
+    assert summary["logit_offset"] != 0.0
+    raw, _ = build_method(tiny_config(tmp_path, calibrate_logit=False))
+    assert float(raw.logit_offset) == 0.0

@@ -151,7 +151,7 @@ def cf_evaluate(
 def train_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
     cf: Optional[Path] = typer.Option(None, "--cf", help="CF run folder (CoRA, CoLLM, BinLLM)."),
-    method: Optional[str] = typer.Option(None, "--method", help="cora | icl"),
+    method: Optional[str] = typer.Option(None, "--method", help="cora | icl | prompt4nr | tallrec | personprompt | collm | binllm"),
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     backbone: Optional[str] = typer.Option(None, help="smollm2-135m (default), a HF folder, a .gguf file or a hub id."),
     modules: Optional[str] = typer.Option(None, help="Adapted modules: qkvo (default), qkvof, qkv, qko, qk."),
@@ -170,6 +170,12 @@ def train_cmd(
     dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (backbone compute dtype)."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
     seed: Optional[int] = typer.Option(None, help="Random seed (42)."),
+    soft_tokens: Optional[int] = typer.Option(None, "--soft-tokens", help="Prompt4NR: soft-prompt length (10)."),
+    prompt_lora: Optional[bool] = typer.Option(None, "--prompt-lora/--no-prompt-lora",
+                                               help="Prompt4NR / PersonPrompt: also tune a standard LoRA."),
+    binllm_bits: Optional[int] = typer.Option(None, "--binllm-bits", help="BinLLM: bits per code (32)."),
+    binllm_dot_decimal: Optional[bool] = typer.Option(None, "--binllm-dot-decimal/--binllm-binary",
+                                                      help="BinLLM: codes as 8-bit numbers joined by '.' (off)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override its fields."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
@@ -182,6 +188,8 @@ def train_cmd(
                  batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps, eval_every=eval_every,
                  patience=patience, warmup_steps=warmup_steps, limit_train=limit_train, limit_valid=limit_valid,
                  max_titles=max_titles, no_titles=no_titles, dtype=dtype, device=device, seed=seed)
+    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora)
+    flags.update(binllm_bits=binllm_bits, binllm_dot_decimal=binllm_dot_decimal)
     base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
     cfg = LLMConfig.from_dict(base, source=str(config or "flags"))
     if not cfg.data:

@@ -95,6 +95,9 @@ class LLMConfig(_YamlConfig):
     max_titles: int = 10
     no_titles: bool = False  # ID-only ablation: no history titles in the prompt
     max_length: int | None = None
+    # Subtract the mean initial Yes logit on training prompts from every score (see
+    # LLMMethod.logit_offset; a constant, so rankings and AUC are unchanged). False = raw logit.
+    calibrate_logit: bool = True
     # CoRA adapter and generator (DESIGN sec. 4 / 7)
     modules: str = "qkvo"
     rank: int = 16
@@ -105,6 +108,20 @@ class LLMConfig(_YamlConfig):
     gen_heads: int = 8
     gen_ffn: int | None = None  # None: 3072 (paper) for d_model >= 2048, else 1024
     gen_dropout: float = 0.1
+    # Standard LoRA of the baselines (TALLRec, CoLLM stage 1, BinLLM; peft), CoLLM's settings:
+    # r 8, alpha 16, q and v projections; its dropout is lora_dropout above (0.05).
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "qv"  # module letters, as --modules
+    # CoLLM: a two-layer MLP maps CF embeddings to input embeddings (None: 10 x CF dim, as CoLLM)
+    collm_mlp_hidden: int | None = None
+    # BinLLM: CF embeddings binarised and written into the prompt as text
+    binllm_bits: int = 32
+    binllm_dot_decimal: bool = False  # each 8 bits as a number 0-255 joined by "." (BinLLM's "ipv4")
+    binllm_text_stage: bool = True  # first tune LoRA on the text-only prompt (BinLLM's step 1)
+    # Prompt4NR / PersonPrompt (methods/prompt4nr.py, personprompt.py)
+    soft_tokens: int = 10  # Prompt4NR's soft-prompt length (the paper gives none; CoLLM's code: 3 + 3)
+    prompt_lora: bool = False  # Prompt4NR / PersonPrompt also tune the standard LoRA above (CoLLM's soft prompt does)
     # loop (reference: AdamW, lr 1e-3, warm-up from 1e-5 over 200 steps, cosine to 8e-5)
     batch_size: int = 8
     grad_accum: int = 1

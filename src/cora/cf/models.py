@@ -113,6 +113,15 @@ class LightGCN(CFModel):
             self._cache = None
         return super().train(mode)
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) must also move the graph and the frozen cache, which are plain attributes.
+        super()._apply(fn, recurse)
+        if hasattr(self, "adj"):
+            self.adj = fn(self.adj)
+        if self._cache is not None:
+            self._cache = tuple(fn(t) for t in self._cache)
+        return self
+
     def user_embedding(self, batch):
         return self.propagate()[0][batch["uid"]]
 

@@ -125,6 +125,14 @@ class CollaborativeAdapter(nn.Module):
         # Registered here only for parameter bookkeeping; the modules live inside the model.
         self._b = nn.ParameterDict({n.replace(".", "__"): w.lowrank_B for n, w in self.wrapped.items()})
 
+    def train(self, mode: bool = True):
+        """The wrapped modules live inside the frozen LLM, which methods keep in eval mode; their
+        dropout follows the adapter's mode instead."""
+        super().train(mode)
+        for w in self.wrapped.values():
+            w.dropout.train(mode)
+        return self
+
     @property
     def input_widths(self) -> list[int]:
         """Distinct input widths of wrapped modules: one A per pair is needed for each."""

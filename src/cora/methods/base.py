@@ -7,7 +7,7 @@ A method says what is trainable and how a batch becomes logits; the one training
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +33,7 @@ class EncodedSplit(torch.utils.data.Dataset):
     label: torch.Tensor
     his: torch.Tensor | None
     frame: pd.DataFrame  # uid, iid, label, not_cold: the columns predictions keep
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # row-aligned; collate passes them on
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -58,6 +59,12 @@ class LLMMethod(nn.Module):
         self.bos_token_id = backbone.bos_token_id
         self.pad_token_id = backbone.tokenizer.pad_token_id
         self.cf = cf_model
+        # A constant subtracted from every Yes logit (0 = the raw logit). The raw Yes logit of an
+        # instruction-tuned LLM sits far from 0 (SmolLM2: about +14), so BCE starts near 7 and a
+        # short budget is spent shifting all scores instead of ranking them. The loop sets it
+        # once, to the mean initial logit on training prompts (cfg.calibrate_logit); a constant
+        # changes no AUC. Saved with the trainable tensors, never trained.
+        self.register_buffer("logit_offset", torch.zeros(()), persistent=False)
         # Frozen parts stay in eval mode (no dropout) whatever mode the method is in.
         self.llm.requires_grad_(False)
         if cf_model is not None:
@@ -70,14 +77,20 @@ class LLMMethod(nn.Module):
 
     def encode(self, df: pd.DataFrame, domain: str) -> EncodedSplit:
         ids = tokenize_prompts(self.tokenizer, self.prompt_texts(df, domain), self.bos_token_id, self.cfg.max_length)
+        return self.make_split(df, ids)
+
+    def make_split(self, df: pd.DataFrame, input_ids: list[list[int]], **extra: torch.Tensor) -> EncodedSplit:
+        """The split of ``df`` with its prompts' token ids; ``extra`` row-aligned tensors (e.g. where
+        CoLLM's embedding slots sit) reach every batch under their own names."""
         his = pad_histories(df["his"], self.cf.max_len) if getattr(self.cf, "uses_history", False) else None
         return EncodedSplit(
-            input_ids=ids,
+            input_ids=input_ids,
             uid=torch.tensor(df["uid"].to_numpy(), dtype=torch.long),
             iid=torch.tensor(df["iid"].to_numpy(), dtype=torch.long),
             label=torch.tensor(df["label"].to_numpy(), dtype=torch.float32),
             his=his,
             frame=df[["uid", "iid", "label", "not_cold"]].reset_index(drop=True),
+            extra=extra,
         )
 
     def collate(self, split: EncodedSplit, rows: list[int]) -> dict[str, torch.Tensor]:
@@ -87,7 +100,19 @@ class LLMMethod(nn.Module):
                  "label": split.label[idx], "row": idx}
         if split.his is not None:
             batch["his"] = split.his[idx]
+        batch.update({k: v[idx] for k, v in split.extra.items()})
         return batch
+
+    # ---------------------------------------------------------------- stages
+    def stages(self) -> tuple[str, ...]:
+        """Training stages, run in order by ``train_run`` through the one loop, each from the best
+        weights of the stages before it (CoLLM: LoRA, then the mapping). Most methods have one."""
+        return ("train",)
+
+    def begin_stage(self, name: str | None) -> None:
+        """Make trainable what stage ``name`` trains (and switch to its prompt, if it has its own).
+        ``None`` is the finished method: every tensor some stage trains and the final prompt; a
+        method is built in that state, which is what checkpoints hold and ``load_run`` restores."""
 
     # ---------------------------------------------------------------- model
     def train(self, mode: bool = True):
@@ -99,16 +124,23 @@ class LLMMethod(nn.Module):
 
     def score(self, batch: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if inputs_embeds is not None:
-            return yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], inputs_embeds=inputs_embeds)
-        return yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], input_ids=batch["input_ids"])
+            logit = yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], inputs_embeds=inputs_embeds)
+        else:
+            logit = yes_logits(self.llm, self.yes_token_id, batch["attention_mask"], input_ids=batch["input_ids"])
+        return logit - self.logit_offset
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(batch)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state["logit_offset"] = self.logit_offset.detach().clone()
+        return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        if "logit_offset" in state:
+            self.logit_offset.copy_(state.pop("logit_offset"))
         params = dict(self.named_parameters())
         expected = {n for n, p in params.items() if p.requires_grad}
         if set(state) != expected:

@@ -30,6 +30,11 @@ class CoRA(LLMMethod):
             hidden=2 * cf_model.dim, n_queries=cfg.gen_queries, n_layers=layers, n_heads=cfg.gen_heads,
             ffn=ffn, dropout=cfg.gen_dropout)
 
+    def train(self, mode: bool = True):
+        super().train(mode)  # puts the frozen LLM, and so the wrapped modules, in eval mode
+        self.adapter.train(mode)  # ... but the adapter's dropout follows training
+        return self
+
     def pair_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():  # the CF model is frozen: no graph through it
             user = self.cf.user_embedding(batch)

@@ -91,6 +91,19 @@ def selection_score(labels: np.ndarray, users: np.ndarray, scores: np.ndarray, m
     return -math.inf if math.isnan(value) else float(value)
 
 
+def calibrate_offset(method: LLMMethod, train: EncodedSplit, cfg: LLMConfig, acc, n: int = 64) -> float:
+    """Set ``method.logit_offset`` to the mean Yes logit of ``n`` seeded training prompts."""
+    rows = np.random.default_rng(cfg.seed).permutation(len(train))[:n]
+    subset = EncodedSplit(input_ids=[train.input_ids[r] for r in rows], uid=train.uid[rows], iid=train.iid[rows],
+                          label=train.label[rows], his=None if train.his is None else train.his[rows],
+                          frame=train.frame.iloc[rows].reset_index(drop=True),
+                          extra={k: v[rows] for k, v in train.extra.items()})
+    method.logit_offset.zero_()
+    offset = float(predict(method, subset, cfg.eval_batch_size, acc).mean())
+    method.logit_offset.fill_(offset)
+    return offset
+
+
 def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMConfig, out: Path,
         resume: bool = True, show_progress: bool = True) -> dict:
     """Train ``method`` until ``max_steps`` or ``patience`` validations without improvement."""
@@ -122,6 +135,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
+    elif cfg.calibrate_logit:
+        calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
     log = open(out / "log.jsonl", "a")
     t0, seen, stop_reason = time.time(), 0, "max_steps"
@@ -193,6 +208,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     summary = {"steps": step, "stop_reason": stop_reason, "best_step": best["step"],
                f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - t0, 1e-9), 2),
+               "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if acc.is_main_process:
         write_json(summary_path, summary)

@@ -2,6 +2,7 @@
 
 RUN/config.yaml            the resolved LLMConfig (rebuilds the run)
 RUN/model.safetensors      best trainable tensors only
+RUN/stage-<k>-<name>/      methods trained in stages (CoLLM, BinLLM): one loop folder per stage
 RUN/checkpoint/            last state for --resume
 RUN/log.jsonl              one line per validation
 RUN/train_summary.json     steps, stop reason, wall time, samples/s, peak memory
@@ -26,7 +27,7 @@ from cora.eval.metrics import evaluate_predictions
 from cora.io import read_json, write_json, write_parquet
 from cora.llm.backbone import load_backbone
 from cora.methods import LLMMethod, method_class
-from cora.train.checkpoint import load_tensors
+from cora.train.checkpoint import load_tensors, save_tensors
 from cora.train.loop import fit, make_accelerator, predict
 from cora.data.sampling import sample_rows, sample_users, split_key
 
@@ -45,6 +46,8 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
     backbone = backbone or load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
+    # New parts (generator, B, MLPs, the CF model) are built on the CPU: join the backbone's device.
+    method.to(backbone.device)
     return method, ds
 
 
@@ -74,8 +77,37 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
         return summary
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
     valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, cfg.seed)
+    if len(method.stages()) > 1:
+        return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress)
     train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
     return fit(method, train, valid, cfg, out, resume=resume, show_progress=show_progress)
+
+
+def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFrame, domain: str, cfg: LLMConfig,
+                out: Path, resume: bool, show_progress: bool) -> dict:
+    """Each stage is one ``fit`` (own log, checkpoints, resume) in RUN/stage-<k>-<name>/, started
+    from the best weights of the stages before it; RUN/model.safetensors then holds the best
+    tensors of every stage, so ``load_run`` sees a finished method like any other."""
+    from accelerate import PartialState
+
+    summaries = {}
+    for k, name in enumerate(method.stages(), 1):
+        sub = out / f"stage-{k}-{name}"
+        sub.mkdir(exist_ok=True)
+        method.begin_stage(name)
+        # Encoded per stage: a stage may have its own prompt.
+        train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
+        summaries[name] = fit(method, train, valid, cfg, sub, resume=resume, show_progress=show_progress)
+        method.load_trainable_state_dict(load_tensors(sub / "model.safetensors"))
+    method.begin_stage(None)
+    if PartialState().is_main_process:
+        save_tensors(out / "model.safetensors", method.trainable_state_dict())
+    # The last stage's figures, with steps and time summed over the stages.
+    summary = {**summaries[name], "steps": sum(s["steps"] for s in summaries.values()),
+               "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 1), "stages": summaries}
+    if PartialState().is_main_process:
+        write_json(out / "train_summary.json", summary)
+    return summary
 
 
 def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Dataset]:
