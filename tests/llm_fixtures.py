@@ -44,3 +44,10 @@ def tiny_config(root: Path, **overrides) -> LLMConfig:
                 limit_valid=40, seed=3)
     base.update(overrides)
     return LLMConfig(**base)
+
+
+def first_batch(method, ds, n: int = 6, split: str = "valid") -> dict:
+    """The first ``n`` rows of a split, encoded and collated by ``method``."""
+    df = ds.split(split).iloc[:n]
+    enc = method.encode(df, ds.domain)
+    return method.collate(enc, list(range(len(enc))))

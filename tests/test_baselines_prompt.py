@@ -13,7 +13,7 @@ from cora.llm.backbone import load_backbone
 from cora.train.loop import predict
 from cora.train.run import build_method, load_run, train_run
 
-from llm_fixtures import tiny_config
+from llm_fixtures import first_batch as _batch, tiny_config
 from tiny_models import tiny_backbone
 
 METHODS = ("prompt4nr", "tallrec", "personprompt")
@@ -22,12 +22,6 @@ METHODS = ("prompt4nr", "tallrec", "personprompt")
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("baselines")
-
-
-def _batch(method, ds, n=6, split="valid"):
-    df = ds.split(split).iloc[:n]
-    enc = method.encode(df, ds.domain)
-    return method.collate(enc, list(range(len(enc))))
 
 
 def _trainable(method) -> dict[str, tuple[int, ...]]:

@@ -7,23 +7,17 @@ import copy
 import pytest
 import torch
 
-from cora.llm.lowrank import CollaborativeAdapter, CollaborativeLinear, parse_modules
+from cora.llm.lowrank import parse_modules
 from cora.llm.scoring import yes_logits
 from cora.train.run import build_method, evaluate_run, load_run, train_run
 from cora.errors import CoraError
 
-from llm_fixtures import tiny_config
+from llm_fixtures import first_batch as _batch, tiny_config
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("cora")
-
-
-def _batch(method, ds, n=6, split="valid"):
-    df = ds.split(split).iloc[:n]
-    enc = method.encode(df, ds.domain)
-    return method.collate(enc, list(range(len(enc))))
 
 
 def _randomise_b(method, seed=0):

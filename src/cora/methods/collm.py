@@ -44,6 +44,17 @@ MLP_WIDTH_TIMES = 10  # CoLLM's proj_mid_times
 SLOT_MARKER = "<|cf-slot|>"
 
 
+def encode_id_slots(method: SlotPromptMethod, df: pd.DataFrame, domain: str) -> EncodedSplit:
+    """CoLLM's prompt with one vector slot for the user and one for the target item (also
+    PersonPrompt's prompt: the two differ only in where the slot vectors come from)."""
+    max_titles = 0 if method.cfg.no_titles else method.cfg.max_titles
+    texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
+                          item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
+    ids, slots = tokenize_with_slots(method.tokenizer, texts, SLOT_MARKER, 2, method.bos_token_id,
+                                     method.pad_token_id, method.cfg.max_length)
+    return method.make_split(df, ids, slot_offsets=torch.tensor(slots, dtype=torch.long).reshape(-1, 2))
+
+
 class CoLLM(WithLoRA, SlotPromptMethod):
     name = "collm"
     uses_cf = True
@@ -80,12 +91,7 @@ class CoLLM(WithLoRA, SlotPromptMethod):
     def encode(self, df: pd.DataFrame, domain: str) -> EncodedSplit:
         if self.stage == "lora":  # stage 1 is TALLRec: the plain text prompt, no slots
             return super().encode(df, domain)
-        max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
-        texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
-                              item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
-        ids, slots = tokenize_with_slots(self.tokenizer, texts, SLOT_MARKER, 2, self.bos_token_id, self.pad_token_id,
-                                         self.cfg.max_length)
-        return self.make_split(df, ids, slot_offsets=torch.tensor(slots, dtype=torch.long).reshape(-1, 2))
+        return encode_id_slots(self, df, domain)
 
     # ---------------------------------------------------------------- model
     def slot_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

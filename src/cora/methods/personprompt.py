@@ -21,12 +21,10 @@ import torch
 from torch import nn
 
 from cora.config import LLMConfig
-from cora.data.prompts import build_prompt
 from cora.data.store import load_dataset
 from cora.errors import CoraError
-from cora.llm.slots import tokenize_with_slots
 from cora.methods.base import EncodedSplit
-from cora.methods.collm import COLLM_TEMPLATE, SLOT_MARKER
+from cora.methods.collm import encode_id_slots
 from cora.methods.slots import SlotPromptMethod
 from cora.methods.tallrec import WithLoRA
 
@@ -52,12 +50,7 @@ class PersonPrompt(WithLoRA, SlotPromptMethod):
             if len(df) and not (0 <= int(df[col].min()) and int(df[col].max()) < rows):
                 raise CoraError(f"{what} ids up to {int(df[col].max())} do not fit PersonPrompt's {rows}-row "
                                 f"{what} table: the data is not the dataset the method was built for")
-        max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
-        texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
-                              item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
-        ids, slots = tokenize_with_slots(self.tokenizer, texts, SLOT_MARKER, 2, self.bos_token_id, self.pad_token_id,
-                                         self.cfg.max_length)
-        return self.make_split(df, ids, slot_offsets=torch.tensor(slots, dtype=torch.long).reshape(-1, 2))
+        return encode_id_slots(self, df, domain)
 
     def slot_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([self.user_tokens[batch["uid"]], self.item_tokens[batch["iid"]]], dim=1)
