@@ -265,6 +265,71 @@ def report_cmd(
             console.print(f"wrote {path}")
 
 
+# ----------------------------------------------------------------------------- serving
+@app.command("recommend")
+def recommend_cmd(
+    run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
+    user: int = typer.Option(..., "--user", help="User id."),
+    k: int = typer.Option(10, "--k", help="Items to recommend."),
+    candidates: int = typer.Option(100, "--candidates", help="Unseen items the CF model retrieves for reranking."),
+    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run for retrieval (runs of methods without one, e.g. ICL)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Top-k items for a user: CF retrieves unseen candidates, the run's LLM method reranks them."""
+    from cora.serve.recommend import Recommender
+
+    rec = Recommender.from_run(run, cf=cf)
+    items = rec.recommend(user, k=k, candidates=candidates)
+    if as_json:
+        print(json.dumps({"user": user, "items": [r.to_dict() for r in items]}, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"user {user}: top {k} of {candidates} CF candidates ({rec.cfg.method}, {run})")
+    for c in ("rank", "item", "title", "probability", "CF score"):
+        t.add_column(c, justify="left" if c == "title" else "right")
+    for r in items:
+        t.add_row(str(r.rank), str(r.item), r.title, f"{r.probability:.4f}", f"{r.cf_score:.4f}")
+    console.print(t)
+
+
+@app.command("score")
+def score_cmd(
+    run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
+    pairs: Path = typer.Option(..., "--pairs", help="CSV with columns user,item."),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write: user, item, score (logit), probability."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Pairs per forward pass (the run's eval batch size)."),
+) -> None:
+    """Score (user, item) pairs from a CSV with a run's best weights."""
+    from cora.serve.pairs import score_file
+
+    df = score_file(run, pairs, out, batch_size=batch_size)
+    console.print(f"scored {len(df):,} pairs -> {out}")
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most pairs per forward pass."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a batch waits for more requests."),
+    queue_size: int = typer.Option(256, "--queue-size", help="Requests allowed to wait; beyond it: 503."),
+    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run for /recommend (runs of methods without one)."),
+) -> None:
+    """HTTP service: /score, /recommend, /info, /health (OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from cora.serve.app import create_app
+    from cora.serve.recommend import Recommender
+
+    if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+        raise CoraError("--max-batch and --queue-size must be >= 1 and --max-wait-ms >= 0")
+    rec = Recommender.from_run(run, cf=cf)
+    uvicorn.run(create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size),
+                host=host, port=port)
+
+
 def _print_metrics(metrics: dict, title: str) -> None:
     from rich.table import Table
 

@@ -1,0 +1,136 @@
+"""Micro-batching: concurrent requests share one forward pass.
+
+An LLM forward pass over 32 prompts costs little more than over one, so the service does not run
+the model per request. Requests (each a list of pairs) wait in a bounded asyncio queue; a single
+worker task takes the first waiting request, then keeps taking more until it holds ``max_batch``
+pairs or ``max_wait_ms`` have passed, scores them all in one call in a one-thread executor (the
+event loop stays free to accept requests, and the model never runs twice at once), and resolves
+each request's future with its own slice of the scores.
+
+Back-pressure: when ``queue_size`` requests are already waiting, :meth:`MicroBatcher.submit`
+raises :class:`QueueFull` at once (the app answers 503 + Retry-After) instead of letting latency
+grow without bound. A request that would overflow the batch being collected is carried over to
+the next batch (so at most one request waits outside the queue). A request larger than
+``max_batch`` is scored alone, in forward passes of ``max_batch`` pairs (the score function's
+batch size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+ScoreFn = Callable[[list[tuple[int, int]]], np.ndarray]
+
+
+class QueueFull(Exception):
+    """The request queue is full: the caller should retry later."""
+
+
+class MicroBatcher:
+    def __init__(self, score_fn: ScoreFn, max_batch: int = 32, max_wait_ms: float = 10.0, queue_size: int = 256):
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
+        self.score_fn = score_fn
+        self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
+        self.stats = {"requests": 0, "pairs": 0, "batches": 0, "rejected": 0}
+        self.queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ---------------------------------------------------------------- life cycle
+    async def start(self) -> None:
+        """Create the queue and the worker on the running event loop (the app's lifespan)."""
+        self.queue = asyncio.Queue(maxsize=self.queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cora-model")
+        self._task = asyncio.create_task(self._run(), name="cora-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self.queue is not None and not self.queue.empty():
+            _, fut = self.queue.get_nowait()
+            if not fut.done():
+                fut.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._task = self._executor = None
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.qsize() if self.queue is not None else 0
+
+    # ---------------------------------------------------------------- requests
+    async def submit(self, pairs: list[tuple[int, int]]) -> np.ndarray:
+        """Scores of ``pairs`` (in order), once the batch holding them has run."""
+        if self.queue is None or self._task is None or self._task.done():
+            raise RuntimeError("the batcher is not running (start it in the app's lifespan)")
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((pairs, fut))
+        except asyncio.QueueFull:
+            self.stats["rejected"] += 1
+            raise QueueFull(f"{self.queue_size} requests already waiting") from None
+        return await fut
+
+    async def _collect(self, first) -> tuple[list, object]:
+        """``first`` plus whatever arrives within ``max_wait`` up to ``max_batch`` pairs; returns
+        (batch, carried-over request or None)."""
+        loop = asyncio.get_running_loop()
+        batch, n = [first], len(first[0])
+        deadline = loop.time() + self.max_wait
+        while n < self.max_batch:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if n + len(item[0]) > self.max_batch:
+                return batch, item
+            batch.append(item)
+            n += len(item[0])
+        return batch, None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        carry, batch = None, []
+        try:
+            while True:
+                first = carry if carry is not None else await self.queue.get()
+                carry = None
+                batch, carry = await self._collect(first)
+                batch = [(pairs, fut) for pairs, fut in batch if not fut.done()]  # callers that gave up
+                if not batch:
+                    continue
+                pairs = [p for ps, _ in batch for p in ps]
+                try:
+                    scores = await loop.run_in_executor(self._executor, self.score_fn, pairs)
+                except Exception as e:  # fail this batch's requests, keep serving
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                self.stats["batches"] += 1
+                self.stats["requests"] += len(batch)
+                self.stats["pairs"] += len(pairs)
+                start = 0
+                for ps, fut in batch:
+                    if not fut.done():
+                        fut.set_result(np.asarray(scores[start:start + len(ps)]))
+                    start += len(ps)
+        finally:  # stopped: nobody will answer the requests held here
+            for _, fut in batch + ([carry] if carry is not None else []):
+                if not fut.done():
+                    fut.cancel()

@@ -1,0 +1,169 @@
+"""A trained run as a recommender: CF retrieval, then LLM reranking.
+
+Scoring every item with the LLM is far too slow for a live request (one forward pass per pair),
+so :meth:`Recommender.recommend` is the usual two-stage pipeline: the run's CF model (cheap dot
+products over all items) retrieves ``candidates`` unseen items, and the LLM method scores only
+those. Any LLM method run works; methods without a CF model (ICL, TALLRec, Prompt4NR,
+PersonPrompt) can score pairs, and retrieve only with a CF run given as ``cf``.
+
+Scores are the method's Yes logits; a probability is their sigmoid. The user's prompt history is
+their history "now" (see :mod:`cora.serve.catalog`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cora.cf.data import pad_histories
+from cora.cf.train import load_cf_run
+from cora.config import LLMConfig
+from cora.data.store import Dataset
+from cora.errors import CoraError
+from cora.methods import LLMMethod
+from cora.serve.catalog import Catalog, UnknownIdError
+from cora.train.loop import make_accelerator, predict
+from cora.train.run import load_run
+
+__all__ = ["Recommendation", "Recommender", "UnknownIdError", "sigmoid"]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+@dataclass
+class Recommendation:
+    rank: int
+    item: int
+    title: str
+    probability: float
+    cf_score: float
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "item": self.item, "title": self.title, "probability": self.probability,
+                "cf_score": self.cf_score}
+
+
+class Recommender:
+    """A loaded run (method in eval mode), its dataset's catalog and, where there is one, a CF model."""
+
+    def __init__(self, method: LLMMethod, cfg: LLMConfig, ds: Dataset, cf_model=None, run: str | Path = "",
+                 batch_size: int | None = None):
+        self.method, self.cfg, self.ds, self.run = method, cfg, ds, str(run)
+        self.cf = cf_model if cf_model is not None else method.cf
+        self.catalog = Catalog.from_dataset(ds)
+        self.batch_size = batch_size or cfg.eval_batch_size
+        self.accelerator = make_accelerator(cfg)  # puts batches on the run's device
+        self._item_ids = np.array(sorted(self.catalog.titles), dtype=np.int64)
+
+    @classmethod
+    def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
+                 batch_size: int | None = None) -> "Recommender":
+        """Load ``run``'s best weights. ``cf``: a CF run for retrieval, needed only when the run's
+        method has no CF model of its own (it replaces the run's own CF model otherwise)."""
+        method, cfg, ds = load_run(run, backbone)
+        cf_model = None
+        if cf is not None:
+            cf_model, _, cf_ds = load_cf_run(cf)
+            if cf_ds.name != ds.name or cf_model.n_users > ds.n_users or cf_model.n_items > ds.n_items:
+                raise CoraError(f"CF run {cf} was trained on '{cf_ds.name}', not on the run's dataset ('{ds.name}')")
+        return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size)
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def users(self) -> list[int]:
+        return sorted(self.catalog.histories)
+
+    def info(self) -> dict:
+        return {"run": self.run, "backbone": self.cfg.backbone, "method": self.cfg.method,
+                "modules": self.cfg.modules if self.cfg.method == "cora" else None,
+                "dataset": self.ds.name, "domain": self.ds.domain,
+                "n_users": len(self.catalog.histories), "n_items": len(self.catalog.titles),
+                "cf_model": getattr(self.cf, "name", None)}
+
+    def title(self, iid: int) -> str:
+        self.catalog.check_item(iid)
+        return self.catalog.titles[iid]
+
+    def check_pairs(self, pairs: list[tuple[int, int]]) -> None:
+        """Raise :class:`UnknownIdError` for the first unknown user or item."""
+        for uid, iid in pairs:
+            self.catalog.check_user(uid)
+            self.catalog.check_item(iid)
+
+    # ---------------------------------------------------------------- LLM scores
+    def logits(self, pairs: list[tuple[int, int]], batch_size: int | None = None,
+               show_progress: bool = False) -> np.ndarray:
+        """The method's score (Yes logit) of each (user, item) pair, in order."""
+        pairs = [(int(u), int(i)) for u, i in pairs]
+        if not pairs:
+            return np.zeros(0, dtype=np.float64)
+        df = self.catalog.prompt_rows(pairs)
+        encoded = self.method.encode(df, self.ds.domain)
+        return predict(self.method, encoded, batch_size or self.batch_size, self.accelerator,
+                       show_progress=show_progress, description=f"{self.cfg.method} scoring")
+
+    def score_pairs(self, pairs: list[tuple[int, int]], batch_size: int | None = None,
+                    show_progress: bool = False) -> np.ndarray:
+        """Probability (sigmoid of the score) that each user would enjoy each item, in order."""
+        return sigmoid(self.logits(pairs, batch_size, show_progress))
+
+    # ---------------------------------------------------------------- CF retrieval
+    def _need_cf(self):
+        if self.cf is None:
+            raise CoraError(f"method '{self.cfg.method}' has no CF model to retrieve candidates with: "
+                            "pass a CF run (--cf RUN)")
+        return self.cf
+
+    @torch.no_grad()
+    def cf_scores(self, uid: int) -> np.ndarray:
+        """CF score of ``uid`` with every item id 0..n_items-1 of the CF model."""
+        cf = self._need_cf()
+        self.catalog.check_user(uid)
+        if uid >= cf.n_users:
+            raise CoraError(f"user {uid} is beyond the CF model's {cf.n_users}-row user table")
+        device = next(cf.parameters()).device
+        batch = {"uid": torch.tensor([uid], dtype=torch.long, device=device)}
+        if getattr(cf, "uses_history", False):
+            batch["his"] = pad_histories(pd.Series([self.catalog.histories[uid][0]]), cf.max_len).to(device)
+        user = cf.user_embedding(batch)[0]
+        items = cf.item_embedding(torch.arange(cf.n_items, device=device))
+        return (items @ user).float().cpu().numpy().astype(np.float64)
+
+    def candidates(self, user: int, n: int) -> list[tuple[int, float]]:
+        """The CF model's top-``n`` (item, CF score) for ``user``, best first (ties: lower id),
+        over items with a title that the user has not interacted with (and never the padding 0)."""
+        if n < 1:
+            raise CoraError(f"number of candidates must be >= 1, got {n}")
+        scores = self.cf_scores(user)
+        items = self._item_ids[self._item_ids < len(scores)]
+        items = items[(items != 0) & ~np.isin(items, self.catalog.interacted[user])]
+        if len(items) == 0:
+            return []
+        s = scores[items]
+        order = np.lexsort((items, -s))[:n]
+        return [(int(items[j]), float(s[j])) for j in order]
+
+    # ---------------------------------------------------------------- both
+    def rerank(self, user: int, candidates: list[tuple[int, float]], probabilities: np.ndarray,
+               k: int) -> list[Recommendation]:
+        """Sort retrieved candidates by LLM probability (ties: CF score) and keep the top ``k``."""
+        order = sorted(range(len(candidates)), key=lambda j: (-probabilities[j], -candidates[j][1], candidates[j][0]))
+        return [Recommendation(rank=r + 1, item=candidates[j][0], title=self.catalog.titles[candidates[j][0]],
+                               probability=float(probabilities[j]), cf_score=candidates[j][1])
+                for r, j in enumerate(order[:k])]
+
+    def recommend(self, user: int, k: int = 10, candidates: int = 100) -> list[Recommendation]:
+        """Top ``k`` items for ``user``: CF retrieves ``candidates`` unseen items, the LLM reranks them."""
+        if k < 1:
+            raise CoraError(f"k must be >= 1, got {k}")
+        if candidates < k:
+            raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
+        found = self.candidates(user, candidates)
+        probabilities = self.score_pairs([(user, iid) for iid, _ in found])
+        return self.rerank(user, found, probabilities, k)
