@@ -203,12 +203,41 @@ def evaluate_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
     split: str = typer.Option("test", help="valid | valid_small | test"),
     limit: Optional[int] = typer.Option(None, help="Score ~N rows made of whole users (seeded)."),
+    ranking: bool = typer.Option(False, "--ranking", help="Top-K instead: HR@K / NDCG@K of CF alone vs CF + "
+                                 "rerank by the run (protocol: cora.serve.ranking)."),
+    k: int = typer.Option(10, "--k", help="--ranking: length of the top list."),
+    candidates: int = typer.Option(100, "--candidates", help="--ranking: unseen items CF retrieves per user."),
+    limit_users: Optional[int] = typer.Option(None, "--limit-users", help="--ranking: a seeded sample of N users."),
+    cf: Optional[Path] = typer.Option(None, "--cf", help="--ranking: CF run for retrieval (runs without one, e.g. ICL)."),
 ) -> None:
-    """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet."""
+    """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
+    With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json)."""
+    if ranking:
+        if limit is not None:
+            raise CoraError("--limit is for AUC; with --ranking use --limit-users")
+        from cora.serve.ranking import evaluate_ranking
+
+        _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf), title=str(run))
+        return
+    if limit_users is not None or cf is not None:
+        raise CoraError("--limit-users and --cf go with --ranking")
     from cora.train.run import evaluate_run
 
     metrics = evaluate_run(run, split, limit)
     _print_metrics({split: metrics}, title=str(run))
+
+
+def _print_ranking(m: dict, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{title}: {m['split']} ranking")
+    for c in ("ranking", f"HR@{m['k']}", f"NDCG@{m['k']}"):
+        t.add_column(c, justify="left" if c == "ranking" else "right")
+    t.add_row(f"CF ({m['cf_model']})", f"{m['cf']['hr']:.4f}", f"{m['cf']['ndcg']:.4f}")
+    t.add_row(f"CF + rerank ({m['method']})", f"{m['rerank']['hr']:.4f}", f"{m['rerank']['ndcg']:.4f}")
+    console.print(t)
+    console.print(f"{m['users']:,} users, top {m['k']} of {m['candidates']} CF candidates; users with a positive "
+                  f"among the candidates (HR ceiling): {m['in_candidates']:.4f}")
 
 
 @app.command("experiment")

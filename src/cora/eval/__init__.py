@@ -1,5 +1,6 @@
 """Model-free evaluation: metrics, reports and plots (never imports methods or train)."""
 
 from cora.eval.metrics import auc, evaluate_predictions, uauc
+from cora.eval.ranking import ranking_metrics
 
-__all__ = ["auc", "uauc", "evaluate_predictions"]
+__all__ = ["auc", "uauc", "evaluate_predictions", "ranking_metrics"]

@@ -1,12 +1,14 @@
 """Serving a trained run: CF retrieval + LLM reranking (:mod:`.recommend`), offline scoring of a
-pairs file (:mod:`.pairs`), and the HTTP service with micro-batching (:mod:`.app`).
+pairs file (:mod:`.pairs`), the HTTP service with micro-batching (:mod:`.app`), and offline
+top-K evaluation of CF alone vs CF + rerank (:mod:`.ranking`).
 
 Names are imported on first use, so ``cora score`` can reject a bad pairs file before torch and
 the model stack load.
 """
 
 _LAZY = {"Catalog": "cora.serve.catalog", "UnknownIdError": "cora.serve.catalog",
-         "Recommendation": "cora.serve.recommend", "Recommender": "cora.serve.recommend"}
+         "Recommendation": "cora.serve.recommend", "Recommender": "cora.serve.recommend",
+         "evaluate_ranking": "cora.serve.ranking"}
 
 __all__ = sorted(_LAZY)
 
