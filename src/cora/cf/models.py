@@ -9,7 +9,6 @@ can feed CoRA or CoLLM.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cora.errors import CoraError
