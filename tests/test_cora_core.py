@@ -193,3 +193,18 @@ def test_logit_offset_is_the_mean_initial_logit_and_travels_with_the_checkpoint(
     assert summary["logit_offset"] != 0.0
     raw, _ = build_method(tiny_config(tmp_path, calibrate_logit=False))
     assert float(raw.logit_offset) == 0.0
+
+
+def test_modules_reading_the_same_input_share_one_rank_r_projection(tmp_path):
+    """q/k/v read one tensor and CoRA gives them one A: dropout(x) A is computed once, not three times."""
+    method, ds = build_method(tiny_config(tmp_path, modules="qkvof"))
+    method.eval()
+    calls = []
+    for w in method.adapter.wrapped.values():
+        w.dropout.register_forward_hook(lambda *_: calls.append(1))
+    method(_batch(method, ds))
+    n_layers = method.llm.config.num_hidden_layers
+    # Per layer: attention input (q, k, v), o input, MLP input (gate, up), down input.
+    assert len(method.adapter.wrapped) == 7 * n_layers
+    assert len(calls) == 4 * n_layers
+    assert method.adapter._slot.last_x is None  # nothing kept alive after the pass

@@ -157,6 +157,8 @@ def train_cmd(
     modules: Optional[str] = typer.Option(None, help="Adapted modules: qkvo (default), qkvof, qkv, qko, qk."),
     rank: Optional[int] = typer.Option(None, help="Rank r of the collaborative weights (16)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per step (8)."),
+    bucket_window: Optional[int] = typer.Option(None, "--bucket-window",
+                                                help="Length bucketing: sort by length within N batches (32; 1 = off)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (1)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (1e-3)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps budget (2000)."),
@@ -188,7 +190,7 @@ def train_cmd(
                  batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps, eval_every=eval_every,
                  patience=patience, warmup_steps=warmup_steps, limit_train=limit_train, limit_valid=limit_valid,
                  max_titles=max_titles, no_titles=no_titles, dtype=dtype, device=device, seed=seed)
-    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora)
+    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora, bucket_window=bucket_window)
     flags.update(binllm_bits=binllm_bits, binllm_dot_decimal=binllm_dot_decimal)
     base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
     cfg = LLMConfig.from_dict(base, source=str(config or "flags"))

@@ -124,6 +124,9 @@ class LLMConfig(_YamlConfig):
     prompt_lora: bool = False  # Prompt4NR / PersonPrompt also tune the standard LoRA above (CoLLM's soft prompt does)
     # loop (reference: AdamW, lr 1e-3, warm-up from 1e-5 over 200 steps, cosine to 8e-5)
     batch_size: int = 8
+    # Length bucketing: shuffled rows are sorted by prompt length within windows of this many
+    # batches, then the batches are shuffled; 0 or 1 = plain shuffled batches.
+    bucket_window: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_start_lr: float = 1e-5

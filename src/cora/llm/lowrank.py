@@ -47,10 +47,34 @@ def parse_modules(spec: str) -> tuple[str, ...]:
 
 
 class _WeightsSlot:
-    """Shared by every wrapped module: the current per-pair A matrices, keyed by input width."""
+    """Shared by every wrapped module: the current per-pair A matrices, keyed by input width.
+
+    It also remembers the last ``dropout(x) A`` it computed. q/k/v (and gate/up) of one layer
+    receive the *same* input tensor and, in CoRA, the same A, so their rank-r projection is one
+    product, not three: the cache hits on tensor identity, never on values. The price is one
+    dropout mask shared by modules that read the same input (peft draws one per module); in eval
+    there is no dropout and the result is identical.
+    """
 
     def __init__(self) -> None:
         self.a_by_width: dict[int, torch.Tensor] | None = None
+        self.last_x: torch.Tensor | None = None
+        self.last_h: torch.Tensor | None = None
+
+    def projected(self, x: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+        """``dropout(x) @ A_b`` per sample, shape (batch, T, r); reused while ``x`` is the same tensor."""
+        if self.last_x is x and self.last_h is not None:
+            return self.last_h
+        a = self.a_by_width[x.shape[-1]]  # (batch, d_in, r)
+        if x.shape[0] != a.shape[0]:
+            raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
+        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r): rank-r work only.
+        h = torch.bmm(dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a.to(x.dtype))
+        self.last_x, self.last_h = x, h
+        return h
+
+    def set(self, a_by_width: dict[int, torch.Tensor] | None) -> None:
+        self.a_by_width, self.last_x, self.last_h = a_by_width, None, None
 
 
 class CollaborativeLinear(nn.Module):
@@ -80,14 +104,9 @@ class CollaborativeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        slot = self._slot.a_by_width
-        if slot is None:
+        if self._slot.a_by_width is None:
             return out
-        a = slot[self.base.in_features]  # (batch, d_in, r)
-        if x.shape[0] != a.shape[0]:
-            raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
-        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r) @ (r, d_out): rank-r work only.
-        h = torch.bmm(self.dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a.to(x.dtype))
+        h = self._slot.projected(x, self.dropout)  # (batch, T, r), shared by modules reading x
         delta = (h @ self.lowrank_B.to(x.dtype)) * self.scale
         return out + delta.reshape(out.shape)
 
@@ -145,11 +164,11 @@ class CollaborativeAdapter(nn.Module):
             if need:
                 raise CoraError(f"collaborative weights missing for input width(s) {sorted(need)}")
         previous = self._slot.a_by_width
-        self._slot.a_by_width = a_by_width
+        self._slot.set(a_by_width)
         try:
             yield
         finally:
-            self._slot.a_by_width = previous
+            self._slot.set(previous)
 
     def b_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{n}.lowrank_B": w.lowrank_B.detach() for n, w in self.wrapped.items()}

@@ -120,7 +120,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     # see exactly the rows of one process with batch N*b, and a resumed run skips exactly the
     # batches it has seen (no iterator seeds drawn from the global RNG).
     world, rank = acc.num_processes, acc.process_index
-    sampler = EpochBatches(len(train), cfg.batch_size * world, cfg.seed, drop_last=world > 1)
+    sampler = EpochBatches(len(train), cfg.batch_size * world, cfg.seed, drop_last=world > 1,
+                           lengths=train.lengths, window=cfg.bucket_window)
     if len(sampler) == 0:
         raise CoraError(f"training split has {len(train)} rows, fewer than one batch of {cfg.batch_size * world}")
     model, opt = acc.prepare(method, opt)

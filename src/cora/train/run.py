@@ -69,7 +69,12 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
 def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
               backbone=None) -> dict:
     out = Path(out)
-    _start_run(cfg, out, resume)
+    # Under `accelerate launch` every process runs this; one of them opens the run folder. The
+    # process group is set up here, with the CPU flag, before anything asks who is main.
+    state = make_accelerator(cfg)
+    if state.is_main_process:
+        _start_run(cfg, out, resume)
+    state.wait_for_everyone()
     method, ds = build_method(cfg, backbone)
     if not any(p.requires_grad for p in method.parameters()):
         summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0}
@@ -133,11 +138,14 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     df = sample_users(ds.split(split), limit, seed=0)
     encoded = method.encode(df, ds.domain)
     t0 = time.time()
-    scores = predict(method, encoded, cfg.eval_batch_size, make_accelerator(cfg), show_progress=show_progress,
+    acc = make_accelerator(cfg)  # under `accelerate launch`: each process scores a shard
+    scores = predict(method, encoded, cfg.eval_batch_size, acc, show_progress=show_progress and acc.is_main_process,
                      description=f"{cfg.method} {split}")
     elapsed = time.time() - t0
     pred = encoded.frame.assign(score=scores)[["uid", "iid", "label", "score", "not_cold"]]
     key = split_key(split, limit)
+    if not acc.is_main_process:  # every process holds all the predictions; one writes them
+        return evaluate_predictions(pred)
     write_parquet(run / f"predictions-{key}.parquet", pred)
     metrics = evaluate_predictions(pred)
     metrics["eval"] = {"limit": limit, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
