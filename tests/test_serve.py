@@ -112,6 +112,29 @@ def test_recommend_reranks_candidates_by_probability(rec):
         assert r.title == rec.catalog.titles[r.item] and r.cf_score == dict(found)[r.item]
 
 
+def test_a_cold_user_gets_popular_candidates_not_cf_noise(rec, tables):
+    import copy
+    import dataclasses
+
+    uid = rec.users[0]
+    assert rec.retrieve(uid, 5) == (rec.candidates(uid, 5), "cf")
+    # The same user as if it had no training rows: its CF vector would be untrained.
+    cold = copy.copy(rec)
+    cold.catalog = dataclasses.replace(rec.catalog, train_users=rec.catalog.train_users - {uid})
+    assert cold.is_cold(uid) and not rec.is_cold(uid)
+    found, source = cold.retrieve(uid, 100)
+    assert source == "popularity"
+    seen = set(_user_rows(tables, uid)["iid"]) | set(rec.catalog.histories[uid][0])
+    positives = tables["train"].query("label == 1")["iid"].value_counts()
+    expected = sorted((i for i in rec.catalog.titles if i != 0 and i not in seen),
+                      key=lambda i: (-positives.get(i, 0), i))
+    assert [i for i, _ in found] == expected
+    assert [c for _, c in found] == [float(positives.get(i, 0)) for i in expected]
+    recs = cold.recommend(uid, k=2, candidates=4)
+    assert {r.retrieved_by for r in recs} == {"popularity"} and {r.item for r in recs} <= set(expected[:4])
+    assert recs[0].to_dict()["retrieved_by"] == "popularity"
+
+
 def test_score_pairs_are_sigmoids_of_the_runs_logits(rec):
     pairs = _some_pairs(rec)
     logits = rec.logits(pairs)
@@ -348,7 +371,7 @@ def test_cli_recommend_json_and_table(run, rec, monkeypatch, capsys):
     assert code == 0, err
     got = json.loads(out)
     assert got["user"] == uid and [x["item"] for x in got["items"]] == [r.item for r in rec.recommend(uid, 3, 6)]
-    assert set(got["items"][0]) == {"rank", "item", "title", "probability", "cf_score"}
+    assert set(got["items"][0]) == {"rank", "item", "title", "probability", "cf_score", "retrieved_by"}
     code, out, err = _cli(monkeypatch, capsys, "recommend", run, "--user", uid, "--k", 2, "--candidates", 6)
     assert code == 0 and "probability" in out and rec.catalog.titles[got["items"][0]["item"]] in out
     code, out, err = _cli(monkeypatch, capsys, "recommend", run, "--user", 4242)

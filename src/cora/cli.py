@@ -316,8 +316,11 @@ def recommend_cmd(
         return
     from rich.table import Table
 
-    t = Table(title=f"user {user}: top {k} of {candidates} CF candidates ({rec.cfg.method}, {run})")
-    for c in ("rank", "item", "title", "probability", "CF score"):
+    source = items[0].retrieved_by if items else "cf"
+    why = "" if source == "cf" else f" (user {user} has no training rows: its CF vector is untrained)"
+    t = Table(title=f"user {user}: top {k} of {candidates} {'CF' if source == 'cf' else 'most popular'} "
+                    f"candidates reranked by {rec.cfg.method} ({run}){why}")
+    for c in ("rank", "item", "title", "probability", "CF score" if source == "cf" else "train positives"):
         t.add_column(c, justify="left" if c == "title" else "right")
     for r in items:
         t.add_row(str(r.rank), str(r.item), r.title, f"{r.probability:.4f}", f"{r.cf_score:.4f}")

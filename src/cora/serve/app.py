@@ -74,6 +74,7 @@ class RecommendedItem(BaseModel):
     title: str
     probability: float
     cf_score: float
+    retrieved_by: str = "cf"  # "popularity" for a cold user (no training rows): CF scores would be noise
 
 
 class RecommendResponse(BaseModel):
@@ -135,13 +136,13 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
     async def recommend(req: RecommendRequest) -> RecommendResponse:
         try:
             # CF retrieval is one user vector against the item table: cheap enough for the event loop.
-            found = rec.candidates(req.user, req.candidates)
+            found, source = rec.retrieve(req.user, req.candidates)
         except UnknownIdError as e:
             raise HTTPException(404, detail=str(e)) from None
         except CoraError as e:
             raise HTTPException(501, detail=str(e)) from None
         values = await logits([(req.user, iid) for iid, _ in found]) if found else []
-        items = rec.rerank(req.user, found, sigmoid(values), req.k)
+        items = rec.rerank(req.user, found, sigmoid(values), req.k, retrieved_by=source)
         return RecommendResponse(user=req.user, items=[RecommendedItem(**r.to_dict()) for r in items])
 
     return app

@@ -42,11 +42,12 @@ class Recommendation:
     item: int
     title: str
     probability: float
-    cf_score: float
+    cf_score: float  # the retrieval score: the CF dot product, or the item's positive count when
+    retrieved_by: str = "cf"  # ... "popularity" (cold users: see Recommender.retrieve)
 
     def to_dict(self) -> dict:
         return {"rank": self.rank, "item": self.item, "title": self.title, "probability": self.probability,
-                "cf_score": self.cf_score}
+                "cf_score": self.cf_score, "retrieved_by": self.retrieved_by}
 
 
 class Recommender:
@@ -60,6 +61,8 @@ class Recommender:
         self.batch_size = batch_size or cfg.eval_batch_size
         self.accelerator = make_accelerator(cfg)  # puts batches on the run's device
         self._item_ids = np.array(sorted(self.catalog.titles), dtype=np.int64)
+        positives = ds.split("train").query("label == 1")["iid"].to_numpy(dtype=np.int64)
+        self._popularity = np.bincount(positives, minlength=int(self._item_ids.max(initial=0)) + 1)
 
     @classmethod
     def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
@@ -149,21 +152,48 @@ class Recommender:
         order = np.lexsort((items, -s))[:n]
         return [(int(items[j]), float(s[j])) for j in order]
 
+    def is_cold(self, user: int) -> bool:
+        """True when the CF model knows nothing of ``user``: no training rows (an ID model's user
+        vector never got a gradient) and, for a sequential model, an empty history."""
+        self.catalog.check_user(user)
+        if user in self.catalog.train_users:
+            return False
+        return not (getattr(self._need_cf(), "uses_history", False) and any(self.catalog.histories[user][0]))
+
+    def popular(self, user: int, n: int) -> list[tuple[int, float]]:
+        """The ``n`` items with the most positive training rows that ``user`` has not interacted with."""
+        self.catalog.check_user(user)
+        items = self._item_ids[(self._item_ids != 0) & ~np.isin(self._item_ids, self.catalog.interacted[user])]
+        counts = self._popularity[items]  # bincount's length covers every catalog id (minlength)
+        order = np.lexsort((items, -counts))[:n]
+        return [(int(items[j]), float(counts[j])) for j in order]
+
+    def retrieve(self, user: int, n: int) -> tuple[list[tuple[int, float]], str]:
+        """Candidates for ``user`` and how they were found: by the CF model, or, for a cold user
+        (whose CF scores are noise around zero), by popularity in the training split."""
+        if n < 1:
+            raise CoraError(f"number of candidates must be >= 1, got {n}")
+        if self.is_cold(user):
+            return self.popular(user, n), "popularity"
+        return self.candidates(user, n), "cf"
+
     # ---------------------------------------------------------------- both
     def rerank(self, user: int, candidates: list[tuple[int, float]], probabilities: np.ndarray,
-               k: int) -> list[Recommendation]:
-        """Sort retrieved candidates by LLM probability (ties: CF score) and keep the top ``k``."""
+               k: int, retrieved_by: str = "cf") -> list[Recommendation]:
+        """Sort retrieved candidates by LLM probability (ties: retrieval score) and keep the top ``k``."""
         order = sorted(range(len(candidates)), key=lambda j: (-probabilities[j], -candidates[j][1], candidates[j][0]))
         return [Recommendation(rank=r + 1, item=candidates[j][0], title=self.catalog.titles[candidates[j][0]],
-                               probability=float(probabilities[j]), cf_score=candidates[j][1])
+                               probability=float(probabilities[j]), cf_score=candidates[j][1],
+                               retrieved_by=retrieved_by)
                 for r, j in enumerate(order[:k])]
 
     def recommend(self, user: int, k: int = 10, candidates: int = 100) -> list[Recommendation]:
-        """Top ``k`` items for ``user``: CF retrieves ``candidates`` unseen items, the LLM reranks them."""
+        """Top ``k`` items for ``user``: CF (popularity for a cold user) retrieves ``candidates``
+        unseen items, the LLM reranks them."""
         if k < 1:
             raise CoraError(f"k must be >= 1, got {k}")
         if candidates < k:
             raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
-        found = self.candidates(user, candidates)
+        found, source = self.retrieve(user, candidates)
         probabilities = self.score_pairs([(user, iid) for iid, _ in found])
-        return self.rerank(user, found, probabilities, k)
+        return self.rerank(user, found, probabilities, k, retrieved_by=source)
