@@ -57,9 +57,27 @@ def timed(fn, device, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def interleaved(rows, device, repeats: int, console) -> dict[str, float]:
+    """Median ms per variant, timed in rounds (one run of every variant per round) so that a
+    machine whose speed drifts (shared, throttled) slows all variants alike, not whichever
+    variant happened to run during the slow minute."""
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for name, fn in rows:  # warm-up
+        fn()
+    for r in range(repeats):
+        for name, fn in rows:
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1000)
+        console.log(f"round {r + 1}/{repeats}: " + ", ".join(f"{n.split(' (')[0]} {t[-1]:.0f}" for n, t in times.items()))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def prompt_rows(n: int = 8) -> pd.DataFrame:
     """ML-1M-like rows: 10 history titles and a target, ~150 tokens with SmolLM2's tokenizer."""
-    titles = [f"The Adventures of Film Number {k} Part II (199{k % 10})" for k in range(40)]
+    titles = [f"Film Number {k} Part II (199{k % 10})" for k in range(40)]
     return pd.DataFrame({
         "uid": range(1, n + 1), "iid": range(1, n + 1), "label": [k % 2 for k in range(n)],
         "his": [[0] + list(range(1, 11))] * n, "his_title": [[""] + titles[k:k + 10] for k in range(n)],
@@ -180,10 +198,7 @@ def main() -> None:
     rows = [("frozen forward", frozen), ("CoRA forward", cora_fwd), ("frozen forward + act. backward", frozen_fwd_bwd),
             ("CoRA training step", cora_step), ("merged-weight forward (eq. 5)", merged),
             ("per-sample loop", loop), ("peft LoRA forward", peft_fwd)]
-    ms = {}
-    for name, fn in rows:
-        ms[name] = timed(fn, device, args.repeats)
-        console.log(f"{name}: {ms[name]:.1f} ms")
+    ms = interleaved(rows, device, args.repeats, console)
     peak = matmul_peak(device, method.llm.dtype)
     achieved = frozen_flops(method.llm, tokens, bsz, seq) / (ms["frozen forward"] / 1000) / 1e9
 

@@ -107,8 +107,10 @@ class CollaborativeLinear(nn.Module):
         if self._slot.a_by_width is None:
             return out
         h = self._slot.projected(x, self.dropout)  # (batch, T, r), shared by modules reading x
-        delta = (h @ self.lowrank_B.to(x.dtype)) * self.scale
-        return out + delta.reshape(out.shape)
+        # out + s * h B in one fused pass over the output (addmm), not three (matmul, scale, add).
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, self.rank), self.lowrank_B.to(x.dtype),
+                           alpha=self.scale)
+        return flat.reshape(out.shape)
 
 
 class CollaborativeAdapter(nn.Module):
