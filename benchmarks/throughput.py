@@ -122,8 +122,8 @@ def main() -> None:
     ap.add_argument("--backbone", default="smollm2-135m")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--train-rows", type=int, default=32, help="training rows timed per cell (at least one step)")
-    ap.add_argument("--score-rows", type=int, default=64, help="scored rows timed per cell (at least one batch)")
+    ap.add_argument("--train-rows", type=int, default=8, help="training rows timed per cell (at least one step)")
+    ap.add_argument("--score-rows", type=int, default=16, help="scored rows timed per cell (at least one batch)")
     ap.add_argument("--budget-s", type=float, default=540.0)
     args = ap.parse_args()
     console = Console()
@@ -135,37 +135,38 @@ def main() -> None:
                   f"{100 * plain:.1f} % shuffled, {100 * bucketed:.1f} % length-bucketed (window 32 batches)")
 
     ctx = mp.get_context("spawn")
+    cells = [(d, int(b)) for d in args.dtypes.split(",") for b in args.batches.split(",")]
+    # Cheapest first: each dtype's smallest batch measures its cost per row, from which the
+    # larger cells are estimated and skipped (with the estimate) when they would overrun.
+    cells.sort(key=lambda c: (c[1] > min(b for d, b in cells if d == c[0]), c[1], c[0] != "fp32"))
     results: dict[tuple[str, int], dict | str] = {}
-    per_row_s: dict[str, float] = {}  # seconds per (trained + scored) row, for estimates
-    for dtype in args.dtypes.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            steps = max(1, args.train_rows // batch)
-            score_batches = max(1, args.score_rows // batch)
-            rows = batch * (steps + 1) + batch * (score_batches + 1)
-            known = per_row_s.get(dtype) or (max(per_row_s.values()) * 8 if per_row_s else None)
-            estimate = 20 + rows * known if known else None
-            left = args.budget_s - (time.time() - start)
-            if estimate is not None and estimate > left:
-                results[(dtype, batch)] = f"skipped: ~{estimate:.0f} s > {left:.0f} s left"
-                continue
-            queue = ctx.Queue()
-            t0 = time.time()
-            proc = ctx.Process(target=run_cell, args=(str(data), args.backbone, dtype, batch, steps, score_batches, queue))
-            proc.start()
-            proc.join()
-            if proc.exitcode != 0:
-                results[(dtype, batch)] = f"failed (exit {proc.exitcode})"
-                continue
-            res = queue.get()
-            results[(dtype, batch)] = res
-            per_row_s[dtype] = max(per_row_s.get(dtype, 0.0), (time.time() - t0 - 15) / rows)
-            console.log(f"{dtype} batch {batch}: train {res['train_sps']:.2f} samples/s, score {res['score_sps']:.2f} "
-                        f"samples/s, peak RSS {res['peak_rss_mb']:.0f} MB")
+    per_row_s: dict[str, float] = {}  # wall seconds per (trained + scored) row, per dtype
+    for dtype, batch in cells:
+        steps = max(1, args.train_rows // batch)
+        score_batches = max(1, args.score_rows // batch)
+        rows = batch * (steps + 1) + batch * (score_batches + 1)
+        left = args.budget_s - (time.time() - start)
+        if dtype in per_row_s and 15 + rows * per_row_s[dtype] > left:
+            results[(dtype, batch)] = f"skipped: ~{15 + rows * per_row_s[dtype]:.0f} s > {left:.0f} s left"
+            continue
+        queue = ctx.Queue()
+        t0 = time.time()
+        proc = ctx.Process(target=run_cell, args=(str(data), args.backbone, dtype, batch, steps, score_batches, queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            results[(dtype, batch)] = f"failed (exit {proc.exitcode})"
+            continue
+        res = queue.get()
+        results[(dtype, batch)] = res
+        per_row_s[dtype] = min(per_row_s.get(dtype, float("inf")), max(time.time() - t0 - 15, 1.0) / rows)
+        console.log(f"{dtype} batch {batch}: train {res['train_sps']:.2f} samples/s, score {res['score_sps']:.2f} "
+                    f"samples/s, peak RSS {res['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f} s)")
 
     t = Table(title=f"CoRA on {args.backbone}, ML-1M prompts, {torch.get_num_threads()} threads")
     for c in ("dtype", "batch", "train samples/s", "train s/step", "score samples/s", "peak RSS MB"):
         t.add_column(c, justify="right")
-    for (dtype, batch), res in results.items():
+    for (dtype, batch), res in sorted(results.items(), key=lambda kv: (kv[0][0] != "fp32", kv[0][1])):
         if isinstance(res, str):
             t.add_row(dtype, str(batch), res, "", "", "")
         else:
