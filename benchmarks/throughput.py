@@ -138,7 +138,8 @@ def main() -> None:
     cells = [(d, int(b)) for d in args.dtypes.split(",") for b in args.batches.split(",")]
     # Cheapest first: each dtype's smallest batch measures its cost per row, from which the
     # larger cells are estimated and skipped (with the estimate) when they would overrun.
-    cells.sort(key=lambda c: (c[1] > min(b for d, b in cells if d == c[0]), c[1], c[0] != "fp32"))
+    smallest = {d: min(b for dd, b in cells if dd == d) for d, _ in cells}
+    cells.sort(key=lambda c: (c[1] > smallest[c[0]], c[1], c[0] != "fp32"))
     results: dict[tuple[str, int], dict | str] = {}
     per_row_s: dict[str, float] = {}  # wall seconds per (trained + scored) row, per dtype
     for dtype, batch in cells:

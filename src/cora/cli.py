@@ -323,7 +323,8 @@ def recommend_cmd(
     for c in ("rank", "item", "title", "probability", "CF score" if source == "cf" else "train positives"):
         t.add_column(c, justify="left" if c == "title" else "right")
     for r in items:
-        t.add_row(str(r.rank), str(r.item), r.title, f"{r.probability:.4f}", f"{r.cf_score:.4f}")
+        t.add_row(str(r.rank), str(r.item), r.title, f"{r.probability:.4f}",
+                  f"{r.cf_score:.4f}" if source == "cf" else f"{r.cf_score:.0f}")
     console.print(t)
 
 
