@@ -26,3 +26,36 @@ def ml1m(shared_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("imp") / "ml-1m"
     import_collm(shared_data / "collm-ml-1m.zip", out, trust_pickle=True)
     return out
+
+
+# A tiny trained CoRA run and its recommender, for the tests of a trained run (serving, ranking).
+# Module scope: each such module trains its own run, since some tests write into the run folder.
+# Modules with a ``root`` fixture of their own (test_cora_core, ...) keep theirs.
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="module")
+def run(root):
+    from cora.train.run import train_run
+    from llm_fixtures import tiny_config
+
+    out = root / "run-cora"
+    train_run(tiny_config(root), out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rec(run):
+    from cora.serve import Recommender
+
+    return Recommender.from_run(run)
+
+
+@pytest.fixture(scope="module")
+def tables(root):
+    from cora.data.store import load_dataset
+
+    ds = load_dataset(root / "data")
+    return {s: ds.split(s) for s in ("train", "valid", "test")}

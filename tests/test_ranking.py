@@ -16,16 +16,12 @@ import pytest
 import torch
 
 from cora import cli
-from cora.data.store import load_dataset
 from cora.errors import CoraError
 from cora.eval.ranking import ranking_metrics, user_hit, user_ndcg
 from cora.io import read_json
-from cora.serve import Recommender
 from cora.serve.ranking import catalog_at_start, evaluate_ranking, rank_users, ranking_key
 from cora.train.loop import predict
-from cora.train.run import train_run
 
-from llm_fixtures import tiny_config
 
 L2, L3, L5 = math.log2(2), math.log2(3), math.log2(5)
 
@@ -64,29 +60,6 @@ def test_ranking_metric_errors(args, needle):
 
 
 # ----------------------------------------------------------------------------- protocol on a tiny run
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("ranking")
-
-
-@pytest.fixture(scope="module")
-def run(root):
-    out = root / "run-cora"
-    train_run(tiny_config(root), out, show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def rec(run):
-    return Recommender.from_run(run)
-
-
-@pytest.fixture(scope="module")
-def tables(root):
-    ds = load_dataset(root / "data")
-    return {s: ds.split(s) for s in ("train", "valid", "test")}
-
-
 @pytest.fixture(scope="module")
 def ranked(rec):
     return rank_users(rec, "test", k=3, candidates=8)

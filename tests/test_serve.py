@@ -19,7 +19,6 @@ import torch
 from fastapi.testclient import TestClient
 
 from cora import cli
-from cora.data.store import load_dataset
 from cora.errors import CoraError
 from cora.serve import Recommender
 from cora.serve.app import MAX_CANDIDATES, MAX_K, MAX_PAIRS, create_app
@@ -28,29 +27,6 @@ from cora.serve.pairs import read_pairs_csv
 from cora.train.run import train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("serve")
-
-
-@pytest.fixture(scope="module")
-def run(root):
-    out = root / "run-cora"
-    train_run(tiny_config(root), out, show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def rec(run):
-    return Recommender.from_run(run)
-
-
-@pytest.fixture(scope="module")
-def tables(root):
-    ds = load_dataset(root / "data")
-    return {s: ds.split(s) for s in ("train", "valid", "test")}
 
 
 @pytest.fixture()

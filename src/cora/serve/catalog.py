@@ -31,6 +31,13 @@ class UnknownIdError(CoraError):
         self.kind, self.id = kind, id_
 
 
+def train_ids(ds: Dataset) -> dict[str, frozenset[int]]:
+    """The users and items of the training split: a pair of both is warm (``not_cold`` 1)."""
+    train = ds.split("train")
+    return {"train_users": frozenset(train["uid"].astype(int).tolist()),
+            "train_items": frozenset(train["iid"].astype(int).tolist())}
+
+
 @dataclass
 class Catalog:
     histories: dict[int, tuple[list[int], list[str]]]  # uid -> (his, his_title) now, with the 0 / '' pad
@@ -67,10 +74,7 @@ class Catalog:
             his = histories[int(uid)][0]
             interacted[int(uid)] = np.unique(np.concatenate([items.to_numpy(dtype=np.int64),
                                                              np.asarray(his, dtype=np.int64)]))
-        train = tables[0]
-        return cls(histories=histories, interacted=interacted, titles=titles,
-                   train_users=frozenset(train["uid"].astype(int).tolist()),
-                   train_items=frozenset(train["iid"].astype(int).tolist()))
+        return cls(histories=histories, interacted=interacted, titles=titles, **train_ids(ds))
 
     def check_user(self, uid: int) -> None:
         if uid not in self.histories:
@@ -80,11 +84,15 @@ class Catalog:
         if iid not in self.titles:
             raise UnknownIdError("item", iid)
 
-    def prompt_rows(self, pairs: list[tuple[int, int]]) -> pd.DataFrame:
-        """One interaction row per (user, item) pair, in the tables' schema (label 0: unknown)."""
+    def check_pairs(self, pairs: list[tuple[int, int]]) -> None:
+        """Raise :class:`UnknownIdError` for the first unknown user or item."""
         for uid, iid in pairs:
             self.check_user(uid)
             self.check_item(iid)
+
+    def prompt_rows(self, pairs: list[tuple[int, int]]) -> pd.DataFrame:
+        """One interaction row per (user, item) pair, in the tables' schema (label 0: unknown)."""
+        self.check_pairs(pairs)
         users = [u for u, _ in pairs]
         items = [i for _, i in pairs]
         return pd.DataFrame({

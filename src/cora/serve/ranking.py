@@ -41,8 +41,8 @@ from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.eval.ranking import ranking_metrics
 from cora.io import read_json, write_json, write_parquet
-from cora.serve.catalog import Catalog
-from cora.serve.recommend import Recommender
+from cora.serve.catalog import Catalog, train_ids
+from cora.serve.recommend import Recommender, check_k
 
 EARLIER_SPLITS = {"valid": ("train",), "valid_small": ("train",), "test": ("train", "valid")}
 SAMPLE_SEED = 0
@@ -68,10 +68,7 @@ def catalog_at_start(ds: Dataset, split: str, titles: dict[int, str]) -> Catalog
     interacted = {u: np.unique(np.concatenate([earlier_items.get(u, np.zeros(0, dtype=np.int64)),
                                                np.asarray(h, dtype=np.int64)]))
                   for u, (h, _) in histories.items()}
-    train = ds.split("train")
-    return Catalog(histories=histories, interacted=interacted, titles=dict(titles),
-                   train_users=frozenset(train["uid"].astype(int).tolist()),
-                   train_items=frozenset(train["iid"].astype(int).tolist()))
+    return Catalog(histories=histories, interacted=interacted, titles=dict(titles), **train_ids(ds))
 
 
 def relevant_items(ds: Dataset, split: str, catalog: Catalog) -> dict[int, set[int]]:
@@ -103,10 +100,7 @@ def check_ranking_args(split: str, k: int, candidates: int, limit_users: int | N
     """Reject bad arguments before any model is loaded."""
     if split not in EARLIER_SPLITS:
         raise CoraError(f"unknown split '{split}' for ranking (choose valid, valid_small or test)")
-    if k < 1:
-        raise CoraError(f"k must be >= 1, got {k}")
-    if candidates < k:
-        raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
+    check_k(k, candidates)
     if limit_users is not None and limit_users < 1:
         raise CoraError(f"--limit-users must be >= 1, got {limit_users}")
 

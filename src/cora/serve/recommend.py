@@ -29,7 +29,20 @@ from cora.serve.catalog import Catalog, UnknownIdError
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run
 
-__all__ = ["Recommendation", "Recommender", "UnknownIdError", "sigmoid"]
+__all__ = ["Recommendation", "Recommender", "UnknownIdError", "check_k", "sigmoid"]
+
+
+def check_k(k: int, candidates: int) -> None:
+    """``k`` items out of ``candidates`` retrieved ones: 1 <= k <= candidates."""
+    if k < 1:
+        raise CoraError(f"k must be >= 1, got {k}")
+    if candidates < k:
+        raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise CoraError(f"number of candidates must be >= 1, got {n}")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -95,9 +108,7 @@ class Recommender:
 
     def check_pairs(self, pairs: list[tuple[int, int]]) -> None:
         """Raise :class:`UnknownIdError` for the first unknown user or item."""
-        for uid, iid in pairs:
-            self.catalog.check_user(uid)
-            self.catalog.check_item(iid)
+        self.catalog.check_pairs(pairs)
 
     # ---------------------------------------------------------------- LLM scores
     def logits(self, pairs: list[tuple[int, int]], batch_size: int | None = None,
@@ -141,8 +152,7 @@ class Recommender:
     def candidates(self, user: int, n: int) -> list[tuple[int, float]]:
         """The CF model's top-``n`` (item, CF score) for ``user``, best first (ties: lower id),
         over items with a title that the user has not interacted with (and never the padding 0)."""
-        if n < 1:
-            raise CoraError(f"number of candidates must be >= 1, got {n}")
+        _check_n(n)
         scores = self.cf_scores(user)
         items = self._item_ids[self._item_ids < len(scores)]
         items = items[(items != 0) & ~np.isin(items, self.catalog.interacted[user])]
@@ -162,6 +172,7 @@ class Recommender:
 
     def popular(self, user: int, n: int) -> list[tuple[int, float]]:
         """The ``n`` items with the most positive training rows that ``user`` has not interacted with."""
+        _check_n(n)
         self.catalog.check_user(user)
         items = self._item_ids[(self._item_ids != 0) & ~np.isin(self._item_ids, self.catalog.interacted[user])]
         counts = self._popularity[items]  # bincount's length covers every catalog id (minlength)
@@ -171,8 +182,6 @@ class Recommender:
     def retrieve(self, user: int, n: int) -> tuple[list[tuple[int, float]], str]:
         """Candidates for ``user`` and how they were found: by the CF model, or, for a cold user
         (whose CF scores are noise around zero), by popularity in the training split."""
-        if n < 1:
-            raise CoraError(f"number of candidates must be >= 1, got {n}")
         if self.is_cold(user):
             return self.popular(user, n), "popularity"
         return self.candidates(user, n), "cf"
@@ -190,10 +199,7 @@ class Recommender:
     def recommend(self, user: int, k: int = 10, candidates: int = 100) -> list[Recommendation]:
         """Top ``k`` items for ``user``: CF (popularity for a cold user) retrieves ``candidates``
         unseen items, the LLM reranks them."""
-        if k < 1:
-            raise CoraError(f"k must be >= 1, got {k}")
-        if candidates < k:
-            raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
+        check_k(k, candidates)
         found, source = self.retrieve(user, candidates)
         probabilities = self.score_pairs([(user, iid) for iid, _ in found])
         return self.rerank(user, found, probabilities, k, retrieved_by=source)

@@ -71,10 +71,10 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
     out = Path(out)
     # Under `accelerate launch` every process runs this; one of them opens the run folder. The
     # process group is set up here, with the CPU flag, before anything asks who is main.
-    state = make_accelerator(cfg)
-    if state.is_main_process:
+    acc = make_accelerator(cfg)
+    if acc.is_main_process:
         _start_run(cfg, out, resume)
-    state.wait_for_everyone()
+    acc.wait_for_everyone()
     method, ds = build_method(cfg, backbone)
     if not any(p.requires_grad for p in method.parameters()):
         summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0}
