@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cora.errors import CoraError
-from cora.io import write_yaml
+from cora.io import read_yaml_mapping, write_yaml
 
 
 class _YamlConfig:
@@ -30,16 +28,7 @@ class _YamlConfig:
 
     @classmethod
     def load(cls, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise CoraError(f"{path}: config file not found")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CoraError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise CoraError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_yaml_mapping(path, "config"), source=str(path))
 
 
 # The paper's CF settings (DESIGN sec. 7): pointwise BCE, Adam + L2, dim 256, patience 20.

@@ -47,6 +47,23 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file that must hold a mapping; a missing file, bad YAML or another top-level type is
+    a one-line :class:`~cora.errors.CoraError` naming the file."""
+    from cora.errors import CoraError
+
+    path = Path(path)
+    if not path.exists():
+        raise CoraError(f"{path}: {what} file not found")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CoraError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise CoraError(f"{path}: expected a mapping of {what} fields")
+    return d
+
+
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 

@@ -29,7 +29,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from cora.config import CFConfig, LLMConfig
@@ -37,7 +36,7 @@ from cora.data.sampling import split_key
 from cora.errors import CoraError
 from cora.eval.plots import PLOTS
 from cora.eval.report import markdown_table, report_rows
-from cora.io import atomic_path, read_json, write_json
+from cora.io import atomic_path, read_json, read_yaml_mapping, write_json
 
 console = Console(stderr=True)
 ROW_KEYS = {"name", "cf", "method", "label"}
@@ -63,12 +62,7 @@ class Experiment:
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
         path = Path(path)
-        if not path.exists():
-            raise CoraError(f"{path}: experiment file not found")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CoraError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        d = read_yaml_mapping(path, "experiment")
         known = set(cls.__dataclass_fields__)
         if unknown := sorted(set(d) - known):
             raise CoraError(f"{path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
