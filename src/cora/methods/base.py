@@ -41,6 +41,14 @@ class EncodedSplit(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
+    def subset(self, rows) -> "EncodedSplit":
+        """The given rows (indices into this split), in that order, every field kept aligned."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return EncodedSplit(input_ids=[self.input_ids[r] for r in rows], uid=self.uid[rows], iid=self.iid[rows],
+                            label=self.label[rows], his=None if self.his is None else self.his[rows],
+                            frame=self.frame.iloc[rows].reset_index(drop=True),
+                            extra={k: v[rows] for k, v in self.extra.items()})
+
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))

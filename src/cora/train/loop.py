@@ -94,12 +94,8 @@ def selection_score(labels: np.ndarray, users: np.ndarray, scores: np.ndarray, m
 def calibrate_offset(method: LLMMethod, train: EncodedSplit, cfg: LLMConfig, acc, n: int = 64) -> float:
     """Set ``method.logit_offset`` to the mean Yes logit of ``n`` seeded training prompts."""
     rows = np.random.default_rng(cfg.seed).permutation(len(train))[:n]
-    subset = EncodedSplit(input_ids=[train.input_ids[r] for r in rows], uid=train.uid[rows], iid=train.iid[rows],
-                          label=train.label[rows], his=None if train.his is None else train.his[rows],
-                          frame=train.frame.iloc[rows].reset_index(drop=True),
-                          extra={k: v[rows] for k, v in train.extra.items()})
     method.logit_offset.zero_()
-    offset = float(predict(method, subset, cfg.eval_batch_size, acc).mean())
+    offset = float(predict(method, train.subset(rows), cfg.eval_batch_size, acc).mean())
     method.logit_offset.fill_(offset)
     return offset
 
