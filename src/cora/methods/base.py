@@ -57,6 +57,7 @@ class EncodedSplit(torch.utils.data.Dataset):
 class LLMMethod(nn.Module):
     name: ClassVar[str] = "base"
     uses_cf: ClassVar[bool] = False
+    stage: str | None = None  # the stage being trained (begin_stage); None = the finished method
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model: nn.Module | None = None):
         super().__init__()
@@ -120,7 +121,13 @@ class LLMMethod(nn.Module):
     def begin_stage(self, name: str | None) -> None:
         """Make trainable what stage ``name`` trains (and switch to its prompt, if it has its own).
         ``None`` is the finished method: every tensor some stage trains and the final prompt; a
-        method is built in that state, which is what checkpoints hold and ``load_run`` restores."""
+        method is built in that state, which is what checkpoints hold and ``load_run`` restores.
+        Methods with stages extend this after calling it."""
+        if name not in (None, *self.stages()):
+            from cora.errors import CoraError
+
+            raise CoraError(f"method '{self.name}' has no stage '{name}' (stages: {', '.join(self.stages())})")
+        self.stage = name
 
     # ---------------------------------------------------------------- model
     def train(self, mode: bool = True):

@@ -147,15 +147,11 @@ class BinLLM(WithLoRA, LLMMethod):
         # Fitted on the first encode (or loaded with a run): frozen, but saved with the LoRA.
         self.binariser = Binariser(cf_model.dim, cfg.binllm_bits).requires_grad_(False)
         self.binariser_ready = False
-        self.stage = None
+        # Stages ("text", "codes"; see stages()) change only the prompt: LoRA trains in every one.
 
     def stages(self) -> tuple[str, ...]:
         return ("text", "codes") if self.cfg.binllm_text_stage else ("codes",)
 
-    def begin_stage(self, name: str | None) -> None:
-        if name not in (None, *self.stages()):
-            raise CoraError(f"BinLLM has no stage '{name}' (stages: {', '.join(self.stages())})")
-        self.stage = name  # LoRA trains in every stage; only the prompt changes
 
     # ---------------------------------------------------------------- codes
     def ensure_binariser(self) -> None:

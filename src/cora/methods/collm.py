@@ -25,7 +25,6 @@ from torch import nn
 
 from cora.config import LLMConfig
 from cora.data.prompts import build_prompt
-from cora.errors import CoraError
 from cora.llm.backbone import Backbone
 from cora.llm.slots import tokenize_with_slots
 from cora.methods.base import EncodedSplit
@@ -72,9 +71,7 @@ class CoLLM(WithLoRA, SlotPromptMethod):
         return ("lora", "mapping")
 
     def begin_stage(self, name: str | None) -> None:
-        if name not in (None, *self.stages()):
-            raise CoraError(f"CoLLM has no stage '{name}' (stages: {', '.join(self.stages())})")
-        self.stage = name
+        super().begin_stage(name)
         for layer in self._lora_layers:
             for p in [*layer.lora_A.parameters(), *layer.lora_B.parameters()]:
                 p.requires_grad_(name in (None, "lora"))
@@ -84,7 +81,7 @@ class CoLLM(WithLoRA, SlotPromptMethod):
     def train(self, mode: bool = True):
         super().train(mode)
         for layer in self._lora_layers:  # LoRA dropout only while LoRA trains
-            layer.lora_dropout.train(mode and getattr(self, "stage", None) == "lora")
+            layer.lora_dropout.train(mode and self.stage == "lora")
         return self
 
     # ---------------------------------------------------------------- data
