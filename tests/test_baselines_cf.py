@@ -345,3 +345,61 @@ def test_binllm_single_stage(root, tmp_path):
     assert summary["steps"] == 2 and not any(p.name.startswith("stage-") for p in out.iterdir())
     method, _, _ = load_run(out)
     assert method.binariser_ready
+
+
+# ----------------------------------------------------------------------------- stage reuse
+@pytest.mark.parametrize("method_name,stage", [("collm", "lora"), ("binllm", "text")])
+def test_first_stage_is_tallrec_and_can_be_taken_from_a_tallrec_run(root, tmp_path, method_name, stage):
+    """CoLLM's / BinLLM's first stage IS TALLRec (same LoRA init, prompt, data order): trained in
+    place it gives TALLRec's tensors bitwise, so taking it from a TALLRec run changes nothing."""
+    from safetensors.torch import load_file
+
+    tallrec = tmp_path / "tallrec"
+    train_run(tiny_config(root, method="tallrec", max_steps=4), tallrec, show_progress=False)
+    cfg = tiny_config(root, method=method_name, max_steps=4)
+    trained, reused = tmp_path / "trained", tmp_path / "reused"
+    train_run(cfg, trained, show_progress=False)
+    summary = train_run(cfg, reused, show_progress=False, stage_from={stage: tallrec})
+    first = f"stage-1-{stage}"
+    donor = load_file(str(tallrec / "model.safetensors"))
+    for run in (trained, reused):
+        got = load_file(str(run / first / "model.safetensors"))
+        assert got.keys() == donor.keys() and all(torch.equal(got[k], donor[k]) for k in donor)
+    assert summary["stages"][stage]["reused_from"] == str(tallrec)
+    assert not (reused / first / "log.jsonl").exists()  # not trained again
+    a, b = load_file(str(trained / "model.safetensors")), load_file(str(reused / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_reuse_refuses_other_settings_and_unknown_stages(root, tmp_path):
+    tallrec = tmp_path / "tallrec"
+    train_run(tiny_config(root, method="tallrec", max_steps=2), tallrec, show_progress=False)
+    with pytest.raises(CoraError, match=r"trained with other settings for lr, max_steps"):
+        train_run(tiny_config(root, method="collm", max_steps=4, lr=5e-3), tmp_path / "c1", show_progress=False,
+                  stage_from={"lora": tallrec})
+    with pytest.raises(CoraError, match="no finished run to take stage 'lora'"):
+        train_run(tiny_config(root, method="collm", max_steps=2), tmp_path / "c2", show_progress=False,
+                  stage_from={"lora": tmp_path / "nowhere"})
+    with pytest.raises(CoraError, match=r"no stage mapping.*\(stages: text, codes\)"):
+        train_run(tiny_config(root, method="binllm", max_steps=2), tmp_path / "c3", show_progress=False,
+                  stage_from={"mapping": tallrec})
+    with pytest.raises(CoraError, match="it trains in one stage"):
+        train_run(tiny_config(root, method="cora", max_steps=2), tmp_path / "c4", show_progress=False,
+                  stage_from={"lora": tallrec})
+    assert not (tmp_path / "c3").exists() and not (tmp_path / "c4").exists()
+    # A CoRA run holds no LoRA: its tensors are not what CoLLM's stage 1 trains.
+    cora = tmp_path / "cora"
+    train_run(tiny_config(root, method="cora", max_steps=2), cora, show_progress=False)
+    with pytest.raises(CoraError, match="its tensors are not what stage 'lora' trains"):
+        train_run(tiny_config(root, method="collm", max_steps=2), tmp_path / "c5", show_progress=False,
+                  stage_from={"lora": cora})
+
+
+def test_cli_stage_from_needs_stage_equals_run(root, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cora", "train", "--data", str(root), "--method", "collm",
+                          "--out", str(tmp_path / "x"), "--stage-from", "runs/tallrec"], capture_output=True, text=True)
+    assert res.returncode == 1 and "--stage-from runs/tallrec: write STAGE=RUN" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

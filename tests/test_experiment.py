@@ -62,6 +62,17 @@ def test_experiment_runs_rows_writes_results_and_skips_finished_rows(tmp_path):
     assert (out / "cora-mf" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_experiment_takes_collm_first_stage_from_the_tallrec_row(tmp_path):
+    d = tiny_experiment(tmp_path, plots=[])
+    d["rows"] = [{"name": "TALLRec", "method": "tallrec"},
+                 {"name": "CoLLM-MF", "method": "collm", "cf": "mf", "stage_from": {"lora": "TALLRec"}}]
+    results = run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    assert [r["method"] for r in results["rows"]] == ["TALLRec", "CoLLM-MF"]
+    summary = json.loads((tmp_path / "exp" / "collm-mf" / "train_summary.json").read_text())
+    assert summary["stages"]["lora"]["reused_from"] == str(tmp_path / "exp" / "tallrec")
+    assert not (tmp_path / "exp" / "collm-mf" / "stage-1-lora" / "log.jsonl").exists()
+
+
 def test_report_only_lists_unfinished_rows(tmp_path):
     d = tiny_experiment(tmp_path)
     d["rows"] = d["rows"][:1]
@@ -80,6 +91,12 @@ def test_report_only_lists_unfinished_rows(tmp_path):
     (lambda d: d["rows"].append({"name": "Y", "method": "cora", "rnak": 3}), "unknown field(s) rnak"),
     (lambda d: d.update(plots=["pie"]), "unknown plot(s) pie"),
     (lambda d: d["rows"].append({"name": "Z"}), "needs a 'method'"),
+    (lambda d: d["rows"].insert(0, {"name": "C", "method": "collm", "cf": "mf", "stage_from": {"lora": "ICL"}}),
+     "stage_from lora: 'ICL' must be an LLM row listed before 'C'"),
+    (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": {"lora": "MF"}}),
+     "'MF' must be an LLM row"),
+    (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": "ICL"}),
+     "stage_from must map a stage to an earlier row"),
 ])
 def test_bad_experiment_files_are_one_line_errors(tmp_path, change, message):
     d = tiny_experiment(tmp_path)

@@ -179,6 +179,9 @@ def train_cmd(
     binllm_dot_decimal: Optional[bool] = typer.Option(None, "--binllm-dot-decimal/--binllm-binary",
                                                       help="BinLLM: codes as 8-bit numbers joined by '.' (off)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override its fields."),
+    stage_from: list[str] = typer.Option([], "--stage-from", metavar="STAGE=RUN",
+                                         help="Take a stage from a finished run instead of training it "
+                                              "(CoLLM / BinLLM: lora=TALLREC_RUN / text=TALLREC_RUN)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Train an LLM method (CoRA by default) with the one training loop; writes a run folder."""
@@ -196,7 +199,9 @@ def train_cmd(
     cfg = LLMConfig.from_dict(base, source=str(config or "flags"))
     if not cfg.data:
         raise CoraError("--data is required (or a 'data' field in --config)")
-    summary = train_run(cfg, out, resume=resume)
+    if bad := [s for s in stage_from if "=" not in s]:
+        raise CoraError(f"--stage-from {bad[0]}: write STAGE=RUN, e.g. lora=runs/tallrec")
+    summary = train_run(cfg, out, resume=resume, stage_from=dict(s.split("=", 1) for s in stage_from))
     console.print_json(json.dumps(summary))
 
 

@@ -20,6 +20,9 @@ Config (YAML)::
     rows:
       - {name: MF, cf: mf}                              # a CF row: no method
       - {name: CoRA-MF, method: cora, cf: mf}           # an LLM row; any LLMConfig field may follow
+      - {name: CoLLM-MF, method: collm, cf: mf, stage_from: {lora: TALLRec}}
+        # stage_from: take a stage from an EARLIER row that trained exactly it (CoLLM's and
+        # BinLLM's first stage is TALLRec) instead of training it again
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from cora.eval.report import markdown_table, report_rows
 from cora.io import atomic_path, read_json, read_yaml_mapping, write_json
 
 console = Console(stderr=True)
-ROW_KEYS = {"name", "cf", "method", "label"}
+ROW_KEYS = {"name", "cf", "method", "label", "stage_from"}
 
 
 @dataclass
@@ -91,10 +94,19 @@ class Experiment:
                 raise CoraError(f"{where}: a row needs a 'method' (LLM row) or a 'cf' (CF row)")
             if "method" in row:
                 LLMConfig.from_dict(self._llm_fields(row), source=where)
+            if not isinstance(row.get("stage_from") or {}, dict):
+                raise CoraError(f"{where}: stage_from must map a stage to an earlier row, e.g. {{lora: TALLRec}}")
+            for stage, donor in (row.get("stage_from") or {}).items():
+                if donor not in names - {row["name"]} or "method" not in self._row(donor):
+                    raise CoraError(f"{where}: stage_from {stage}: '{donor}' must be an LLM row listed before "
+                                    f"'{row['name']}'")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
 
     # ------------------------------------------------------------------ paths and configs
+    def _row(self, name: str) -> dict:
+        return next(r for r in self.rows if r["name"] == name)
+
     def row_dir(self, row: dict) -> Path:
         if "method" not in row:
             return self.cf_dir(row["cf"])
@@ -141,8 +153,9 @@ def _run_llm(exp: Experiment, row: dict) -> Path:
     if row.get("cf"):
         _run_cf(exp, row["cf"])
     cfg = LLMConfig.from_dict(exp._llm_fields(row), source=row["name"])
+    stage_from = {stage: exp.row_dir(exp._row(donor)) for stage, donor in (row.get("stage_from") or {}).items()}
     if not (out / "train_summary.json").exists():
-        train_run(cfg, out, resume=(out / "config.yaml").exists())
+        train_run(cfg, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
     metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
     if exp.key not in metrics:
         evaluate_run(out, "test", exp.test_limit)

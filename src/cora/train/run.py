@@ -67,15 +67,22 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
 
 
 def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
-              backbone=None) -> dict:
+              backbone=None, stage_from: dict[str, str | Path] | None = None) -> dict:
+    """Train the method of ``cfg`` into the run folder ``out``. ``stage_from`` maps a stage name to
+    a finished run that already trained exactly that stage (see :func:`reuse_stage`)."""
     out = Path(out)
     # Under `accelerate launch` every process runs this; one of them opens the run folder. The
     # process group is set up here, with the CPU flag, before anything asks who is main.
     acc = make_accelerator(cfg)
+    method, ds = build_method(cfg, backbone)
+    stage_from = stage_from or {}
+    stages = method.stages() if len(method.stages()) > 1 else ()
+    if unknown := sorted(set(stage_from) - set(stages)):
+        raise CoraError(f"method '{cfg.method}' has no stage {', '.join(unknown)} to take from another run"
+                        + (f" (stages: {', '.join(stages)})" if stages else " (it trains in one stage)"))
     if acc.is_main_process:
         _start_run(cfg, out, resume)
     acc.wait_for_everyone()
-    method, ds = build_method(cfg, backbone)
     if not any(p.requires_grad for p in method.parameters()):
         summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0}
         write_json(out / "train_summary.json", summary)
@@ -83,13 +90,13 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
     valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, cfg.seed)
     if len(method.stages()) > 1:
-        return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress)
+        return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress, stage_from)
     train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
     return fit(method, train, valid, cfg, out, resume=resume, show_progress=show_progress)
 
 
 def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFrame, domain: str, cfg: LLMConfig,
-                out: Path, resume: bool, show_progress: bool) -> dict:
+                out: Path, resume: bool, show_progress: bool, stage_from: dict[str, str | Path]) -> dict:
     """Each stage is one ``fit`` (own log, checkpoints, resume) in RUN/stage-<k>-<name>/, started
     from the best weights of the stages before it; RUN/model.safetensors then holds the best
     tensors of every stage, so ``load_run`` sees a finished method like any other."""
@@ -100,6 +107,9 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
         sub = out / f"stage-{k}-{name}"
         sub.mkdir(exist_ok=True)
         method.begin_stage(name)
+        if name in stage_from:
+            summaries[name] = reuse_stage(method, cfg, Path(stage_from[name]), sub)
+            continue
         # Encoded per stage: a stage may have its own prompt.
         train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
         summaries[name] = fit(method, train, valid, cfg, sub, resume=resume, show_progress=show_progress)
@@ -112,6 +122,43 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
                "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 1), "stages": summaries}
     if PartialState().is_main_process:
         write_json(out / "train_summary.json", summary)
+    return summary
+
+
+# Settings that do not touch a text-only LoRA stage (CoLLM's / BinLLM's first stage is TALLRec):
+# which method, its CF run, its own parts (CoRA's generator, CoLLM's MLP, BinLLM's codes, soft prompts).
+_NOT_STAGE_SETTINGS = {"method", "cf", "device", "eval_batch_size", "extra", "modules", "rank", "alpha",
+                       "gen_queries", "gen_layers", "gen_heads", "gen_ffn", "gen_dropout", "collm_mlp_hidden",
+                       "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora"}
+
+
+def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> dict:
+    """Take stage ``method.stage`` from the finished run ``donor`` instead of training it again.
+
+    CoLLM's and BinLLM's first stage is TALLRec itself (the same LoRA on the same text prompt,
+    data, budget and seed; CoLLM's authors start stage 2 from their TALLRec checkpoint too), so
+    an experiment with TALLRec, CoLLM-MF/-LGCN/-SAS and BinLLM trains it once, not five times.
+    The donor must have been trained with the same settings and hold exactly the tensors this
+    stage trains; anything else is an error naming the difference."""
+    if not (donor / "train_summary.json").exists() or not (donor / "model.safetensors").exists():
+        raise CoraError(f"{donor}: no finished run to take stage '{method.stage}' from "
+                        "(train_summary.json or model.safetensors missing)")
+    theirs = LLMConfig.load(donor / "config.yaml").to_dict()
+    diff = sorted(k for k, v in cfg.to_dict().items() if k not in _NOT_STAGE_SETTINGS and theirs.get(k) != v)
+    if diff:
+        raise CoraError(f"{donor}: trained with other settings for {', '.join(diff)}; "
+                        f"stage '{method.stage}' cannot be taken from it")
+    state = load_tensors(donor / "model.safetensors")
+    try:
+        method.load_trainable_state_dict(state)
+    except CoraError as e:
+        raise CoraError(f"{donor}: its tensors are not what stage '{method.stage}' trains ({e})") from None
+    summary = {**read_json(donor / "train_summary.json"), "reused_from": str(donor)}
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        save_tensors(sub / "model.safetensors", method.trainable_state_dict())
+        write_json(sub / "train_summary.json", summary)
     return summary
 
 
