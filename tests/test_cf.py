@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import yaml
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -91,9 +92,10 @@ def test_pad_histories_keeps_last_items_left_padded():
     assert out.tolist() == [[0, 5, 6, 7], [0, 0, 0, 0], [3, 4, 5, 6]]
 
 
-def test_sasrec_padding_does_not_change_the_user_vector_and_empty_history_is_finite():
+@pytest.mark.parametrize("block", ["reference", "preln"])
+def test_sasrec_padding_does_not_change_the_user_vector_and_empty_history_is_finite(block):
     torch.manual_seed(0)
-    model = SASRec(5, 12, dim=8, max_len=6, n_blocks=2).eval()
+    model = SASRec(5, 12, dim=8, max_len=6, n_blocks=2, block=block).eval()
     short = {"his": torch.tensor([[0, 0, 0, 3, 4, 5]])}
     # Same items, with the padding positions holding different embeddings: must not matter.
     with torch.no_grad():
@@ -106,18 +108,54 @@ def test_sasrec_padding_does_not_change_the_user_vector_and_empty_history_is_fin
     assert torch.isfinite(empty).all()
 
 
-def test_sasrec_is_causal_in_time_order():
+@pytest.mark.parametrize("block", ["reference", "preln"])
+def test_sasrec_is_causal_in_time_order(block):
     """The last position sees everything; changing an earlier position changes the output,
     while the output at an earlier position ignores later items."""
     torch.manual_seed(0)
-    model = SASRec(5, 12, dim=8, max_len=4, n_blocks=1).eval()
-    seq1, seq2 = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 2, 3, 9]])
-    x1 = model.item(seq1) * 8 ** 0.5 + model.pos.weight
-    x2 = model.item(seq2) * 8 ** 0.5 + model.pos.weight
-    y1 = model.encoder(x1, mask=model.causal)
-    y2 = model.encoder(x2, mask=model.causal)
+    model = SASRec(5, 12, dim=8, max_len=4, n_blocks=2, block=block).eval()
+    y1, y2 = model.encode(torch.tensor([[1, 2, 3, 4]])), model.encode(torch.tensor([[1, 2, 3, 9]]))
     torch.testing.assert_close(y1[:, :3], y2[:, :3])
     assert not torch.allclose(y1[:, 3], y2[:, 3])
+    y3 = model.encode(torch.tensor([[1, 7, 3, 4]]))
+    assert not torch.allclose(y1[:, 3], y3[:, 3]) and torch.equal(y1[:, 0], y3[:, 0])
+
+
+def test_reference_sasrec_block_computes_the_reference_formula():
+    """x <- LN1(x) + Attn(q=LN1(x), k=v=x); x <- LN2(x); x <- (x + FFN(x)) * keep, written out by hand."""
+    torch.manual_seed(0)
+    model = SASRec(5, 12, dim=8, max_len=4, n_blocks=1, block="reference").eval()
+    blk, seq = model.blocks[0], torch.tensor([[0, 2, 3, 4]])
+    x = (model.item(seq) * 8 ** 0.5 + model.pos.weight) * (seq != 0).unsqueeze(-1)
+    q = blk.attn_norm(x)
+    w_q, w_k, w_v = blk.attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = blk.attn.in_proj_bias.chunk(3)
+    scores = (q @ w_q.T + b_q) @ (x @ w_k.T + b_k).transpose(1, 2) / 8 ** 0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(4, 4, dtype=torch.bool), 1), float("-inf"))
+    h = q + blk.attn.out_proj(scores.softmax(-1) @ (x @ w_v.T + b_v))
+    h = blk.ffn_norm(h)
+    ffn = blk.ffn[3](torch.relu(blk.ffn[0](h)))
+    expected = (h + ffn) * (seq != 0).unsqueeze(-1)
+    torch.testing.assert_close(model.encode(seq), expected)
+    with pytest.raises(CoraError, match="unknown SASRec block 'post'"):
+        SASRec(5, 12, block="post")
+
+
+def test_sasrec_runs_without_the_block_field_load_the_preln_block(toy, tmp_path):
+    """Runs written before the reference block existed have no sas_block in config.yaml: they were
+    trained with the pre-LN block and must load with it; new runs get the reference block."""
+    new = tmp_path / "new"
+    train_cf(small_cfg("sasrec", toy, epochs=1, patience=1), new, show_progress=False)
+    assert yaml.safe_load((new / "config.yaml").read_text())["sas_block"] == "reference"
+    model, _, _ = load_cf_run(new)
+    assert model.block == "reference"
+    legacy = tmp_path / "legacy"
+    train_cf(small_cfg("sasrec", toy, epochs=1, patience=1, sas_block="preln"), legacy, show_progress=False)
+    cfg = yaml.safe_load((legacy / "config.yaml").read_text())
+    del cfg["sas_block"]
+    (legacy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    model, _, _ = load_cf_run(legacy)
+    assert model.block == "preln" and hasattr(model, "encoder")
 
 
 # ------------------------------------------------------------------ training loop
@@ -217,3 +255,15 @@ def test_lightgcn_moves_graph_and_frozen_cache_with_the_module():
     model.freeze_propagation()
     model.to(torch.float64)
     assert model.adj.dtype == torch.float64 and model._cache[0].dtype == torch.float64
+
+
+def test_resuming_or_reusing_a_run_with_other_settings_is_an_error(toy, tmp_path):
+    out = tmp_path / "mf"
+    train_cf(small_cfg("mf", toy, epochs=2, patience=2), out, show_progress=False)
+    # More epochs may continue a run; other settings may not, finished or not.
+    assert train_cf(small_cfg("mf", toy, epochs=9, patience=2), out, show_progress=False)["test"]["n"] == 120
+    with pytest.raises(CoraError, match=r"other settings for lr, weight_decay \(lr=0.001, weight_decay=0.0001\)"):
+        train_cf(small_cfg("mf", toy, epochs=2, patience=2, lr=0.5, weight_decay=0.0), out, show_progress=False)
+    (out / "metrics.json").unlink()  # an unfinished run is checked the same way
+    with pytest.raises(CoraError, match="other settings for dim"):
+        train_cf(small_cfg("mf", toy, epochs=2, patience=2, dim=4), out, show_progress=False)

@@ -120,6 +120,8 @@ def cf_train(
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-AUC gain."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    sas_block: Optional[str] = typer.Option(None, "--sas-block",
+                                            help="SASRec block: reference (default; the reference code's) | preln."),
     resume: bool = typer.Option(True, help="Resume an interrupted run in --out (default on)."),
 ) -> None:
     """Train a CF model with early stopping on full-valid AUC; writes a run folder."""
@@ -127,7 +129,8 @@ def cf_train(
     from cora.config import CFConfig
 
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, weight_decay=wd, dim=dim, patience=patience,
-                                       batch_size=batch_size, seed=seed).items() if v is not None}
+                                       batch_size=batch_size, seed=seed, sas_block=sas_block).items()
+                 if v is not None}
     cfg = CFConfig.for_model(model, data=str(data), **overrides)
     metrics = train_cf(cfg, out, resume=resume)
     _print_metrics(metrics, title=f"{model} -> {out}")

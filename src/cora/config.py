@@ -37,7 +37,7 @@ CF_DEFAULTS: dict[str, dict[str, Any]] = {
     # hundreds of epochs to leave AUC 0.5; with patience 20 it often stops at epoch 0 (see README).
     "mf": {"lr": 1e-3, "weight_decay": 1e-4, "init_std": 0.01},
     "lightgcn": {"lr": 1e-2, "weight_decay": 1e-4, "init_std": 0.1},
-    "sasrec": {"lr": 1e-2, "weight_decay": 1e-4, "init_std": 0.1},
+    "sasrec": {"lr": 1e-2, "weight_decay": 1e-4, "init_std": 0.1, "sas_block": "reference"},
 }
 
 
@@ -60,6 +60,9 @@ class CFConfig(_YamlConfig):
     sas_blocks: int = 2
     sas_heads: int = 1
     sas_dropout: float = 0.2
+    # SASRec block (cf/models.py): "reference" (the reference code's block; new runs, via
+    # CF_DEFAULTS) or "preln" (textbook pre-LN; the value a config.yaml without this field means)
+    sas_block: str = "preln"
     extra: dict = field(default_factory=dict)
 
     @classmethod

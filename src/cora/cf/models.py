@@ -132,27 +132,62 @@ class LightGCN(CFModel):
         return (users[batch["uid"]] * items[batch["iid"]]).sum(-1)
 
 
+class ReferenceSASRecBlock(nn.Module):
+    """One SASRec block as the reference code computes it (Kang & McAuley's TensorFlow SASRec and
+    the PyTorch port CoLLM trains its SASRec with), which is not the textbook pre-LN block:
+
+    - the attention query is ``LN(x)`` but keys and values are the un-normalised ``x``, and the
+      residual adds to ``LN(x)``: ``x = LN(x) + Attn(LN(x), x, x)``;
+    - the feed-forward input is normalised too and is its own residual: ``x = LN(x); x = x + FFN(x)``
+      with ``FFN = Linear - Dropout - ReLU - Linear - Dropout``;
+    - no key-padding mask: padded positions are zero vectors, zeroed again after every block.
+    The residual stream is renormalised twice per block, which keeps SASRec's large learning rate
+    (1e-2) stable."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.attn = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        q = self.attn_norm(x)
+        x = q + self.attn(q, x, x, attn_mask=causal, need_weights=False)[0]
+        x = self.ffn_norm(x)
+        return (x + self.ffn(x)) * keep
+
+
 class SASRec(CFModel):
-    """SASRec: a causal pre-LN transformer over the user's earlier positive items.
+    """SASRec: a causal transformer over the user's earlier positive items.
 
     The user vector is the output at the last position of the left-padded history (the last
-    ``max_len`` ids of ``his``); items share the input embedding table.
+    ``max_len`` ids of ``his``); items share the input embedding table. ``block`` picks the
+    transformer block: ``reference`` (:class:`ReferenceSASRecBlock`, what the paper's numbers come
+    from; the default of new runs) or ``preln`` (torch's textbook pre-LN encoder layer with a
+    key-padding mask; runs trained before the reference block existed use it).
     """
 
     name = "sasrec"
     uses_history = True
 
     def __init__(self, n_users: int, n_items: int, dim: int = 256, max_len: int = 25, n_blocks: int = 2,
-                 n_heads: int = 1, dropout: float = 0.2, init_std: float = 0.1):
+                 n_heads: int = 1, dropout: float = 0.2, init_std: float = 0.1, block: str = "reference"):
         super().__init__(n_users, n_items, dim)
-        self.max_len = max_len
+        if block not in ("reference", "preln"):
+            raise CoraError(f"unknown SASRec block '{block}' (choose reference or preln)")
+        self.max_len, self.block = max_len, block
         self.item = nn.Embedding(n_items, dim, padding_idx=0)
         self.pos = nn.Embedding(max_len, dim)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=dim, dropout=dropout, activation="relu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
-        self.last_norm = nn.LayerNorm(dim)
+        if block == "reference":
+            self.blocks = nn.ModuleList(ReferenceSASRecBlock(dim, n_heads, dropout) for _ in range(n_blocks))
+        else:
+            layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=dim, dropout=dropout,
+                                               activation="relu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+        self.last_norm = nn.LayerNorm(dim, eps=1e-8 if block == "reference" else 1e-5)
         nn.init.normal_(self.item.weight, std=init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
@@ -160,15 +195,24 @@ class SASRec(CFModel):
         self.register_buffer("causal", causal, persistent=False)
 
     def user_embedding(self, batch):
-        seq = batch["his"][:, -self.max_len:]
+        return self.last_norm(self.encode(batch["his"][:, -self.max_len:])[:, -1])
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """(batch, length, dim): every position's output for left-padded item ids (0 = padding)."""
         pad = seq == 0
+        causal = self.causal[-seq.shape[1]:, -seq.shape[1]:]
         x = self.item(seq) * (self.dim ** 0.5) + self.pos.weight[-seq.shape[1]:]
         x = self.drop(x) * (~pad).unsqueeze(-1)
-        # Left padding: a row that is all padding would give NaN attention; let it see itself.
-        key_pad = pad.clone()
-        key_pad[:, -1] = False
-        x = self.encoder(x, mask=self.causal[-seq.shape[1]:, -seq.shape[1]:], src_key_padding_mask=key_pad)
-        return self.last_norm(x[:, -1])
+        if self.block == "reference":
+            keep = (~pad).unsqueeze(-1).to(x.dtype)
+            for block in self.blocks:
+                x = block(x, causal, keep)
+        else:
+            # Left padding: a row that is all padding would give NaN attention; let it see itself.
+            key_pad = pad.clone()
+            key_pad[:, -1] = False
+            x = self.encoder(x, mask=causal, src_key_padding_mask=key_pad)
+        return x
 
     def item_embedding(self, iid):
         return self.item(iid)
@@ -182,5 +226,6 @@ def build_cf_model(cfg, n_users: int, n_items: int) -> CFModel:
         return LightGCN(n_users, n_items, cfg.dim, n_layers=cfg.gcn_layers, init_std=cfg.init_std)
     if cfg.model == "sasrec":
         return SASRec(n_users, n_items, cfg.dim, max_len=cfg.max_len, n_blocks=cfg.sas_blocks,
-                      n_heads=cfg.sas_heads, dropout=cfg.sas_dropout, init_std=cfg.init_std)
+                      n_heads=cfg.sas_heads, dropout=cfg.sas_dropout, init_std=cfg.init_std,
+                      block=cfg.sas_block)
     raise CoraError(f"unknown CF model '{cfg.model}' (choose from mf, lightgcn, sasrec)")

@@ -66,16 +66,28 @@ def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: t
                     "bad": bad, "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
 
 
+def _check_same_settings(cfg: CFConfig, out: Path) -> None:
+    """Resuming (or reusing a finished run) with other settings would mix two models in one folder."""
+    saved = CFConfig.load(out / "config.yaml").to_dict()
+    keep_free = {"epochs", "patience"}  # may be raised to continue a run
+    if diff := sorted(k for k, v in cfg.to_dict().items() if k not in keep_free and saved.get(k) != v):
+        raise CoraError(f"{out}: the run there used other settings for {', '.join(diff)} "
+                        f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); use another --out or the same settings")
+
+
 def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress: bool = True) -> dict:
     """Train until ``patience`` epochs pass without a valid-AUC gain; returns metrics (valid, test)."""
     out = Path(out)
     ds = load_dataset(cfg.data)
     if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
         if resume:
+            _check_same_settings(cfg, out)
             return read_json(out / "metrics.json")
         raise CoraError(f"{out}: a finished run is already there (choose another --out)")
     if out.exists() and not resume and any(out.iterdir()):
         raise CoraError(f"{out}: run folder exists and is not empty")
+    if (out / "config.yaml").exists():
+        _check_same_settings(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
 
