@@ -73,6 +73,18 @@ def test_experiment_takes_collm_first_stage_from_the_tallrec_row(tmp_path):
     assert not (tmp_path / "exp" / "collm-mf" / "stage-1-lora" / "log.jsonl").exists()
 
 
+def test_capped_test_sample_is_the_same_rows_for_cf_and_llm_rows(tmp_path):
+    d = tiny_experiment(tmp_path, plots=[], test_per_user=3)
+    d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "ICL", "method": "icl"}]
+    results = run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    assert results["key"] == "test-limit60-per3"
+    import pandas as pd
+
+    a = pd.read_parquet(tmp_path / "exp" / "cf-mf" / "predictions-test-limit60-per3.parquet")
+    b = pd.read_parquet(tmp_path / "exp" / "icl" / "predictions-test-limit60-per3.parquet")
+    assert a[["uid", "iid"]].equals(b[["uid", "iid"]]) and a["uid"].value_counts().max() == 3
+
+
 def test_report_only_lists_unfinished_rows(tmp_path):
     d = tiny_experiment(tmp_path)
     d["rows"] = d["rows"][:1]
@@ -97,6 +109,7 @@ def test_report_only_lists_unfinished_rows(tmp_path):
      "'MF' must be an LLM row"),
     (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": "ICL"}),
      "stage_from must map a stage to an earlier row"),
+    (lambda d: d.update(test_limit=None, test_per_user=5), "test_per_user goes with test_limit"),
 ])
 def test_bad_experiment_files_are_one_line_errors(tmp_path, change, message):
     d = tiny_experiment(tmp_path)

@@ -141,11 +141,14 @@ def cf_evaluate(
     run: Path = typer.Argument(..., help="CF run folder."),
     split: str = typer.Option("test", help="valid | test"),
     limit: Optional[int] = typer.Option(None, help="Score the same ~N-row whole-user sample as 'cora evaluate --limit N'."),
+    per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
+                                           "(spreads the sample over more users)."),
 ) -> None:
     """Recompute a split's metrics from the saved CF model."""
     from cora.cf.train import evaluate_cf_run
 
-    metrics = evaluate_cf_run(run, split, limit)
+    _check_per_user(limit, per_user)
+    metrics = evaluate_cf_run(run, split, limit, per_user)
     _print_metrics({split: metrics}, title=str(run))
 
 
@@ -213,6 +216,8 @@ def evaluate_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
     split: str = typer.Option("test", help="valid | valid_small | test"),
     limit: Optional[int] = typer.Option(None, help="Score ~N rows made of whole users (seeded)."),
+    per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
+                                           "(spreads the sample over more users)."),
     ranking: bool = typer.Option(False, "--ranking", help="Top-K instead: HR@K / NDCG@K of CF alone vs CF + "
                                  "rerank by the run (protocol: cora.serve.ranking)."),
     k: int = typer.Option(10, "--k", help="--ranking: length of the top list."),
@@ -223,8 +228,8 @@ def evaluate_cmd(
     """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
     With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json)."""
     if ranking:
-        if limit is not None:
-            raise CoraError("--limit is for AUC; with --ranking use --limit-users")
+        if limit is not None or per_user is not None:
+            raise CoraError("--limit / --per-user are for AUC; with --ranking use --limit-users")
         from cora.serve.ranking import evaluate_ranking
 
         _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf), title=str(run))
@@ -233,8 +238,14 @@ def evaluate_cmd(
         raise CoraError("--limit-users and --cf go with --ranking")
     from cora.train.run import evaluate_run
 
-    metrics = evaluate_run(run, split, limit)
+    _check_per_user(limit, per_user)
+    metrics = evaluate_run(run, split, limit, per_user=per_user)
     _print_metrics({split: metrics}, title=str(run))
+
+
+def _check_per_user(limit: int | None, per_user: int | None) -> None:
+    if per_user is not None and limit is None:
+        raise CoraError("--per-user goes with --limit (it caps the rows per user of a limited sample)")
 
 
 def _print_ranking(m: dict, title: str) -> None:

@@ -183,7 +183,7 @@ def _final_metrics(out: Path, cfg: CFConfig, ds: Dataset) -> dict:
     return metrics
 
 
-def evaluate_cf_run(run: str | Path, split: str, limit: int | None = None) -> dict:
+def evaluate_cf_run(run: str | Path, split: str, limit: int | None = None, per_user: int | None = None) -> dict:
     """Recompute a split's metrics from the saved model. ``limit`` scores the same whole-user
     sample of ~N rows that ``cora evaluate --limit N`` scores, so CF and LLM runs compare."""
     from cora.data.sampling import sample_users, split_key
@@ -191,8 +191,8 @@ def evaluate_cf_run(run: str | Path, split: str, limit: int | None = None) -> di
     if split not in ("valid", "valid_small", "test", "train"):
         raise CoraError(f"unknown split '{split}' (choose valid or test)")
     model, cfg, ds = load_cf_run(run)
-    pred = predict(model, sample_users(ds.split(split), limit, seed=0), _history_len(model, cfg))
-    key = split_key(split, limit)
+    pred = predict(model, sample_users(ds.split(split), limit, seed=0, per_user=per_user), _history_len(model, cfg))
+    key = split_key(split, limit, per_user)
     write_parquet(Path(run) / f"predictions-{key}.parquet", pred)
     metrics = evaluate_predictions(pred)
     path = Path(run) / "metrics.json"

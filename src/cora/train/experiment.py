@@ -14,6 +14,7 @@ Config (YAML)::
     source: ../shared/data/collm-ml-1m.zip     # optional: imported into `data` when absent
     out: runs/experiments/ml1m-table3
     test_limit: 1500                           # whole-user test sample of ~N rows; null = all
+    test_per_user: 10                          # optional: at most N rows of each drawn user
     llm: {backbone: smollm2-135m, max_steps: 600, ...}   # LLMConfig fields for every LLM row
     cf: {mf: {model: mf}, sasrec: {model: sasrec}}     # CF runs by key (CFConfig fields)
     plots: [warm_cold, text_vs_id, modules]
@@ -54,13 +55,14 @@ class Experiment:
     budget: str = ""
     source: str | None = None
     test_limit: int | None = None
+    test_per_user: int | None = None  # with test_limit: at most N rows per drawn user
     llm: dict = field(default_factory=dict)
     cf: dict = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
-        return split_key("test", self.test_limit)
+        return split_key("test", self.test_limit, self.test_per_user)
 
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
@@ -100,6 +102,8 @@ class Experiment:
                 if donor not in names - {row["name"]} or "method" not in self._row(donor):
                     raise CoraError(f"{where}: stage_from {stage}: '{donor}' must be an LLM row listed before "
                                     f"'{row['name']}'")
+        if self.test_per_user is not None and self.test_limit is None:
+            raise CoraError(f"{source}: test_per_user goes with test_limit (it caps the rows per user of a sample)")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
 
@@ -142,7 +146,7 @@ def _run_cf(exp: Experiment, key: str) -> Path:
     cfg = CFConfig.for_model(spec.pop("model", key), data=exp.data, **spec)
     train_cf(cfg, out, resume=True)
     if exp.key not in read_json(out / "metrics.json"):
-        evaluate_cf_run(out, "test", exp.test_limit)
+        evaluate_cf_run(out, "test", exp.test_limit, exp.test_per_user)
     return out
 
 
@@ -158,7 +162,7 @@ def _run_llm(exp: Experiment, row: dict) -> Path:
         train_run(cfg, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
     metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
     if exp.key not in metrics:
-        evaluate_run(out, "test", exp.test_limit)
+        evaluate_run(out, "test", exp.test_limit, per_user=exp.test_per_user)
     return out
 
 

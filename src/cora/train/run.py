@@ -176,13 +176,15 @@ def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Data
 
 
 def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None, show_progress: bool = True,
-                 backbone=None) -> dict:
-    """Score a split with the run's best weights; writes predictions and updates metrics.json."""
+                 backbone=None, per_user: int | None = None) -> dict:
+    """Score a split (or the seeded whole-user sample ``limit`` / ``per_user`` of it, see
+    :func:`cora.data.sampling.sample_users`) with the run's best weights; writes predictions and
+    updates metrics.json under :func:`cora.data.sampling.split_key`."""
     run = Path(run)
     if split not in ("valid", "valid_small", "test"):
         raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
     method, cfg, ds = load_run(run, backbone)
-    df = sample_users(ds.split(split), limit, seed=0)
+    df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
     encoded = method.encode(df, ds.domain)
     t0 = time.time()
     acc = make_accelerator(cfg)  # under `accelerate launch`: each process scores a shard
@@ -190,12 +192,12 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
                      description=f"{cfg.method} {split}")
     elapsed = time.time() - t0
     pred = encoded.frame.assign(score=scores)[["uid", "iid", "label", "score", "not_cold"]]
-    key = split_key(split, limit)
+    key = split_key(split, limit, per_user)
     if not acc.is_main_process:  # every process holds all the predictions; one writes them
         return evaluate_predictions(pred)
     write_parquet(run / f"predictions-{key}.parquet", pred)
     metrics = evaluate_predictions(pred)
-    metrics["eval"] = {"limit": limit, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
+    metrics["eval"] = {"limit": limit, "per_user": per_user, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     path = run / "metrics.json"
     all_metrics = read_json(path) if path.exists() else {}
