@@ -205,7 +205,11 @@ def test_interrupted_run_resumes_to_the_same_model(toy, tmp_path, monkeypatch):
     assert (tmp_path / "cut" / "checkpoint" / "state.pt").exists()
     assert not (tmp_path / "cut" / "metrics.json").exists()
     monkeypatch.setattr(cf_train_module, "_save_state", real_save)
+    # The time before the interruption counts (pretend it was 1000 s).
+    state_path = tmp_path / "cut" / "checkpoint" / "state.pt"
+    torch.save({**torch.load(state_path, weights_only=False), "elapsed_s": 1000.0}, state_path)
     resumed = train_cf(cfg, tmp_path / "cut", show_progress=False)
+    assert 1000 < resumed["train"]["wall_time_s"] < 1000 + 10 * full["train"]["wall_time_s"] + 60
     assert resumed["test"]["auc"] == pytest.approx(full["test"]["auc"], abs=1e-7)
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     for k in a:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import copy
 
 import pytest
@@ -156,7 +158,15 @@ def test_save_load_and_resume(root, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "save_checkpoint", real)
     with pytest.raises(CoraError, match="--resume"):
         train_run(cfg, killed, show_progress=False)
-    train_run(cfg, killed, resume=True, show_progress=False)
+    # The checkpoint holds the training time so far; a resumed run adds to it (here: pretend the
+    # first piece took 1000 s).
+    state = torch.load(killed / "checkpoint" / "state.pt", weights_only=False)
+    assert 0 < state["elapsed_s"] < 1000
+    torch.save({**state, "elapsed_s": 1000.0}, killed / "checkpoint" / "state.pt")
+    resumed = train_run(cfg, killed, resume=True, show_progress=False)
+    assert 1000 < resumed["wall_time_s"] < 1000 + 10 * summary["wall_time_s"] + 60
+    times = [json.loads(line)["time_s"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert times[0] < 1000 < times[1] and times == sorted(times)
     m2 = evaluate_run(killed, "test", show_progress=False)
     assert m2["auc"] == m1["auc"] and m2["uauc"] == m1["uauc"]
     from safetensors.torch import load_file

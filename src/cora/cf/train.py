@@ -59,11 +59,13 @@ def _valid_auc(model: CFModel, tensors: dict[str, torch.Tensor]) -> float | None
     return None if math.isnan(value) else value
 
 
-def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: torch.Generator) -> None:
+def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: torch.Generator,
+                elapsed_s: float) -> None:
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "state.pt") as tmp:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
-                    "bad": bad, "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "bad": bad, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "elapsed_s": elapsed_s}, tmp)
 
 
 def _check_same_settings(cfg: CFConfig, out: Path) -> None:
@@ -101,7 +103,7 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
     valid_t = table_tensors(valid_df, max_len)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start_epoch, best, bad = 0, {"auc": -1.0, "epoch": -1}, 0
+    start_epoch, best, bad, elapsed_before = 0, {"auc": -1.0, "epoch": -1}, 0, 0.0
     ckpt = out / "checkpoint" / "state.pt"
     if resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -110,8 +112,9 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
         start_epoch, best, bad = state["epoch"] + 1, state["best"], state["bad"]
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        elapsed_before = state.get("elapsed_s", 0.0)  # a resumed run reports its time in all
 
-    t0 = time.time()
+    t0 = time.time() - elapsed_before
     log = open(out / "log.jsonl", "a")
     n_batches = math.ceil(len(train_t["uid"]) / cfg.batch_size)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -139,7 +142,7 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
             log.write(json.dumps({"epoch": epoch, "loss": total / n_batches, "valid_auc": valid_auc,
                                   "best_auc": best["auc"], "time": round(time.time() - t0, 2)}) + "\n")
             log.flush()
-            _save_state(out / "checkpoint", model, opt, epoch, best, bad, gen)
+            _save_state(out / "checkpoint", model, opt, epoch, best, bad, gen, time.time() - t0)
             progress.update(task, completed=epoch + 1,
                             info=f"loss {total / n_batches:.4f}  valid AUC {valid_auc or float('nan'):.4f}  best {best['auc']:.4f}@{best['epoch']}")
             if bad >= cfg.patience:

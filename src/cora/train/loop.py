@@ -123,7 +123,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     model, opt = acc.prepare(method, opt)
     unwrapped: LLMMethod = acc.unwrap_model(model)
 
-    step, best, bad, micro = 0, {"score": -math.inf, "step": 0}, 0, 0
+    step, best, bad, micro, elapsed_before = 0, {"score": -math.inf, "step": 0}, 0, 0, 0.0
     ckpt = out / "checkpoint"
     if resume and (ckpt / "state.pt").exists():
         trainable, state = load_checkpoint(ckpt)
@@ -132,6 +132,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
+        # Training time before the interruption (up to its last checkpoint), so a resumed run
+        # reports the time it took in all, not only its last piece.
+        elapsed_before = state.get("elapsed_s", 0.0)
     elif cfg.calibrate_logit:
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
@@ -182,7 +185,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                         bad += 1
                     record = {"step": step, "epoch": epoch, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
                               f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
-                              "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
+                              "samples_per_s": round(rate, 2), "time_s": round(elapsed_before + time.time() - t0, 1)}
                     running = []
                     if acc.is_main_process:
                         log.write(json.dumps(record) + "\n")
@@ -195,7 +198,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                         save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": step, "best": best, "bad": bad,
-                            "micro": micro})
+                            "micro": micro, "elapsed_s": elapsed_before + time.time() - t0})
                     acc.wait_for_everyone()
                     if bad >= cfg.patience:
                         stop_reason = "patience"
@@ -203,7 +206,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     break
     log.close()
     summary = {"steps": step, "stop_reason": stop_reason, "best_step": best["step"],
-               f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
+               f"best_valid_{cfg.selection_metric}": best["score"],
+               "wall_time_s": round(elapsed_before + time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - t0, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
