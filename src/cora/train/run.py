@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from rich.console import Console
 
 from cora.cf.train import load_cf_run
 from cora.config import LLMConfig
@@ -109,6 +110,8 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
         method.begin_stage(name)
         if name in stage_from:
             summaries[name] = reuse_stage(method, cfg, Path(stage_from[name]), sub)
+            if show_progress and PartialState().is_main_process:  # a log should say why a stage took no time
+                Console(stderr=True).print(f"stage {k} ({name}): taken from {stage_from[name]}, not trained again")
             continue
         # Encoded per stage: a stage may have its own prompt.
         train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
