@@ -23,6 +23,12 @@ class _YamlConfig:
             raise CoraError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
         return cls(**d)
 
+    def differing_fields(self, other: "_YamlConfig", ignore=frozenset()) -> list[str]:
+        """Fields (in declaration order, minus ``ignore``) whose values differ from ``other``'s:
+        what stops a run from being resumed or reused under other settings."""
+        theirs = other.to_dict()
+        return [k for k, v in self.to_dict().items() if k not in ignore and theirs.get(k) != v]
+
     def save(self, path: str | Path) -> None:
         write_yaml(path, self.to_dict())
 

@@ -70,11 +70,11 @@ def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: t
 
 def _check_same_settings(cfg: CFConfig, out: Path) -> None:
     """Resuming (or reusing a finished run) with other settings would mix two models in one folder."""
-    saved = CFConfig.load(out / "config.yaml").to_dict()
+    saved = CFConfig.load(out / "config.yaml")
     keep_free = {"epochs", "patience"}  # may be raised to continue a run
-    if diff := sorted(k for k, v in cfg.to_dict().items() if k not in keep_free and saved.get(k) != v):
+    if diff := cfg.differing_fields(saved, ignore=keep_free):
         raise CoraError(f"{out}: the run there used other settings for {', '.join(diff)} "
-                        f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); use another --out or the same settings")
+                        f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)}); use another --out or the same settings")
 
 
 def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress: bool = True) -> dict:

@@ -58,10 +58,8 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
     if saved.exists():
         if not resume:
             raise CoraError(f"{out}: a run is already there (pass --resume to continue it, or choose another --out)")
-        previous = LLMConfig.load(saved)
         keep_free = {"max_steps", "patience", "eval_every"}  # may be raised to continue a run
-        diff = [k for k, v in cfg.to_dict().items() if k not in keep_free and previous.to_dict().get(k) != v]
-        if diff:
+        if diff := cfg.differing_fields(LLMConfig.load(saved), ignore=keep_free):
             raise CoraError(f"{out}: the existing run used other settings for {', '.join(diff)}; "
                             "use another --out or the same settings")
     cfg.save(saved)
@@ -146,9 +144,7 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
     if not (donor / "train_summary.json").exists() or not (donor / "model.safetensors").exists():
         raise CoraError(f"{donor}: no finished run to take stage '{method.stage}' from "
                         "(train_summary.json or model.safetensors missing)")
-    theirs = LLMConfig.load(donor / "config.yaml").to_dict()
-    diff = sorted(k for k, v in cfg.to_dict().items() if k not in _NOT_STAGE_SETTINGS and theirs.get(k) != v)
-    if diff:
+    if diff := cfg.differing_fields(LLMConfig.load(donor / "config.yaml"), ignore=_NOT_STAGE_SETTINGS):
         raise CoraError(f"{donor}: trained with other settings for {', '.join(diff)}; "
                         f"stage '{method.stage}' cannot be taken from it")
     state = load_tensors(donor / "model.safetensors")
