@@ -139,7 +139,10 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
     log = open(out / "log.jsonl", "a")
-    t0, seen, stop_reason = time.time(), 0, "max_steps"
+    # t0 starts the training clock (time_s, wall_time_s), set back by the time trained before a
+    # resume; `started` times this process alone, for its samples/s.
+    started, seen, stop_reason = time.time(), 0, "max_steps"
+    t0 = started - elapsed_before
     running = []
     model.train()
     with _progress(show_progress and acc.is_main_process) as progress:
@@ -170,7 +173,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                rate = seen / max(time.time() - t0, 1e-9)
+                rate = seen / max(time.time() - started, 1e-9)
                 progress.update(task, completed=step, info=f"loss {np.mean(running[-20:]):.4f}  {rate:.1f} samples/s  "
                                                            f"best {cfg.selection_metric} {best['score']:.4f}@{best['step']}")
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
@@ -185,7 +188,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                         bad += 1
                     record = {"step": step, "epoch": epoch, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
                               f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
-                              "samples_per_s": round(rate, 2), "time_s": round(elapsed_before + time.time() - t0, 1)}
+                              "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
                     running = []
                     if acc.is_main_process:
                         log.write(json.dumps(record) + "\n")
@@ -198,7 +201,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                         save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": step, "best": best, "bad": bad,
-                            "micro": micro, "elapsed_s": elapsed_before + time.time() - t0})
+                            "micro": micro, "elapsed_s": time.time() - t0})
                     acc.wait_for_everyone()
                     if bad >= cfg.patience:
                         stop_reason = "patience"
@@ -206,9 +209,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     break
     log.close()
     summary = {"steps": step, "stop_reason": stop_reason, "best_step": best["step"],
-               f"best_valid_{cfg.selection_metric}": best["score"],
-               "wall_time_s": round(elapsed_before + time.time() - t0, 1),
-               "samples_per_s": round(seen / max(time.time() - t0, 1e-9), 2),
+               f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
+               "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if acc.is_main_process:

@@ -75,7 +75,7 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
     acc = make_accelerator(cfg)
     method, ds = build_method(cfg, backbone)
     stage_from = stage_from or {}
-    stages = method.stages() if len(method.stages()) > 1 else ()
+    stages = method.stages() if len(method.stages()) > 1 else ()  # () = one plain fit
     if unknown := sorted(set(stage_from) - set(stages)):
         raise CoraError(f"method '{cfg.method}' has no stage {', '.join(unknown)} to take from another run"
                         + (f" (stages: {', '.join(stages)})" if stages else " (it trains in one stage)"))
@@ -88,7 +88,7 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
         return summary
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
     valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, cfg.seed)
-    if len(method.stages()) > 1:
+    if stages:
         return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress, stage_from)
     train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
     return fit(method, train, valid, cfg, out, resume=resume, show_progress=show_progress)
