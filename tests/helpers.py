@@ -1,9 +1,19 @@
-"""Small builders shared by tests: synthetic interaction tables in the project's schema."""
+"""Small builders shared by tests: synthetic interaction tables in the project's schema, and
+the `cora` command line in a subprocess."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
+
+
+def run_cli(*args, env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``python -m cora.cli ARGS`` as a user runs it; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "cora.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def synthetic_table(n_rows: int = 200, n_users: int = 12, n_items: int = 30, seed: int = 0) -> pd.DataFrame:

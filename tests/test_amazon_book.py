@@ -10,7 +10,6 @@ import gzip
 import json
 import random
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 
 from cora.data.amazon import prepare_amazon_book
 from cora.data.store import load_dataset
+
+from helpers import run_cli
 
 # ----------------------------------------------------------------------------- fixture
 GRID_USERS = [f"g{k:02d}" for k in range(1, 23)]  # 22 users x 22 items, every pair rated once
@@ -292,14 +293,13 @@ def test_uncompressed_input_gives_the_same_dataset(prepared, tmp_path):
 
 
 # ----------------------------------------------------------------------------- CLI and errors
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cora.cli", "data", "prepare", "amazon-book", *args],
-                          capture_output=True, text=True, timeout=120)
+def prepare_cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli("data", "prepare", "amazon-book", *args, timeout=120)
 
 
 def test_cli_prepares_the_dataset(tmp_path):
     fx = make_amazon_fixture(tmp_path / "raw")
-    res = run_cli("--reviews", str(fx.reviews), "--meta", str(fx.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(fx.reviews), "--meta", str(fx.meta), "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     assert load_dataset(tmp_path / "out").name == "amazon-book"
     assert load_dataset(tmp_path / "out").domain == "books"
@@ -325,20 +325,20 @@ def test_error_malformed_json_line_names_file_and_line(raw_files, tmp_path):
     lines = gzip.decompress(raw_files.reviews.read_bytes()).splitlines(keepends=True)
     lines[2] = b'{"reviewerID": "x", "asin": \n'  # line 3
     raw_files.reviews.write_bytes(gzip.compress(b"".join(lines)))
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "Books_5.json.gz", "line 3", "not valid JSON")
 
 
 def test_error_line_that_is_not_an_object(raw_files, tmp_path):
     meta = write_jsonl_gz(tmp_path / "meta_Books.json.gz", [{"asin": "b01", "title": "t"}, ["not", "an", "object"]])
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "meta_Books.json.gz", "line 2", "not a JSON object")
 
 
 def test_error_required_field_absent(raw_files, tmp_path):
     records = [{k: v for k, v in r.items() if k != "overall"} for r in raw_files.records]
     reviews = write_jsonl_gz(tmp_path / "Books_5.json.gz", records)
-    res = run_cli("--reviews", str(reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "Books_5.json.gz", "'overall'")
 
 
@@ -346,25 +346,25 @@ def test_error_field_of_the_wrong_type(raw_files, tmp_path):
     records = list(raw_files.records)
     records[4] = {**records[4], "overall": "five"}
     reviews = write_jsonl_gz(tmp_path / "Books_5.json.gz", records)
-    res = run_cli("--reviews", str(reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "Books_5.json.gz", "line 5", "'overall'")
 
 
 def test_error_truncated_gzip(raw_files, tmp_path):
     data = raw_files.reviews.read_bytes()
     raw_files.reviews.write_bytes(data[: len(data) // 2])
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "Books_5.json.gz", "truncated")
 
 
 def test_error_not_gzip(raw_files, tmp_path):
     raw_files.meta.write_bytes(b"<html>404 Not Found</html>\n")
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "meta_Books.json.gz", "not a gzip file")
 
 
 def test_error_missing_file(raw_files, tmp_path):
-    res = run_cli("--reviews", str(tmp_path / "nope.json.gz"), "--meta", str(raw_files.meta),
+    res = prepare_cli("--reviews", str(tmp_path / "nope.json.gz"), "--meta", str(raw_files.meta),
                   "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "nope.json.gz", "no such file")
 
@@ -373,12 +373,12 @@ def test_error_output_exists_is_left_untouched(raw_files, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(out))
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(raw_files.meta), "--out", str(out))
     assert res.returncode != 0 and "not empty" in res.stderr and "\n" not in res.stderr.strip()
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def test_error_missing_meta_is_reported_before_reading_reviews(raw_files, tmp_path):
-    res = run_cli("--reviews", str(raw_files.reviews), "--meta", str(tmp_path / "meta_nope.json.gz"),
+    res = prepare_cli("--reviews", str(raw_files.reviews), "--meta", str(tmp_path / "meta_nope.json.gz"),
                   "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, tmp_path / "out", "meta_nope.json.gz", "no such file")

@@ -17,6 +17,7 @@ from cora.methods.collm import COLLM_TEMPLATE, SLOT_MARKER
 from cora.train.run import build_method, evaluate_run, load_run, train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -396,10 +397,6 @@ def test_stage_reuse_refuses_other_settings_and_unknown_stages(root, tmp_path):
 
 
 def test_cli_stage_from_needs_stage_equals_run(root, tmp_path):
-    import subprocess
-    import sys
-
-    res = subprocess.run([sys.executable, "-m", "cora", "train", "--data", str(root), "--method", "collm",
-                          "--out", str(tmp_path / "x"), "--stage-from", "runs/tallrec"], capture_output=True, text=True)
+    res = run_cli("train", "--data", root, "--method", "collm", "--out", tmp_path / "x", "--stage-from", "runs/tallrec")
     assert res.returncode == 1 and "--stage-from runs/tallrec: write STAGE=RUN" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

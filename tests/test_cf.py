@@ -4,8 +4,6 @@ resume, evaluate round trip, and MF on the paper's real ML-1M splits."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import yaml
@@ -21,7 +19,7 @@ from cora.config import CFConfig
 from cora.data.store import write_dataset
 from cora.errors import CoraError
 
-from helpers import synthetic_splits
+from helpers import run_cli, synthetic_splits
 
 METRIC_KEYS = {"n", "auc", "uauc", "uauc_users", "warm", "cold"}
 
@@ -239,16 +237,14 @@ def test_mf_on_real_ml1m_reaches_the_paper(ml1m, tmp_path):
     """MF with the paper's settings through the CLI on the paper's splits: test AUC >= 0.64
     (paper 0.6486), selection on valid only."""
     out = tmp_path / "mf"
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "cf", "train", "--data", str(ml1m), "--model", "mf",
-                          "--out", str(out)], capture_output=True, text=True)
+    res = run_cli("cf", "train", "--data", ml1m, "--model", "mf", "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["auc"] >= 0.64, metrics["test"]
     assert metrics["test"]["n"] == 7_331 and metrics["valid"]["n"] == 10_401
     assert 0.5 < metrics["test"]["uauc"] < 0.75
     assert "test" in res.stdout and "AUC" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "cf", "evaluate", str(out), "--split", "test"],
-                         capture_output=True, text=True)
+    res = run_cli("cf", "evaluate", out, "--split", "test")
     assert res.returncode == 0
     assert json.loads((out / "metrics.json").read_text())["test"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,11 +13,7 @@ from cora.data.collm_import import import_collm
 from cora.data.store import load_dataset
 from cora.errors import CoraError
 
-from helpers import synthetic_splits
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cora.cli", *map(str, args)], capture_output=True, text=True)
+from helpers import run_cli, synthetic_splits
 
 
 def test_real_ml1m_counts(ml1m):

@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import os
 import subprocess
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -17,6 +16,8 @@ import pytest
 from cora.data import download
 from cora.data.download import download_movielens, resolve_target
 from cora.errors import CoraError
+
+from helpers import run_cli
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -180,8 +181,7 @@ def test_resolve_target(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    return subprocess.run([sys.executable, "-m", "cora.cli", "data", "download", "movielens", *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return run_cli("data", "download", "movielens", *args, timeout=120, env=env)
 
 
 def test_cli_download(server, tmp_path):

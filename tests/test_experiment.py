@@ -4,8 +4,6 @@ results.md / results.json / plots are written from finished runs, bad files are 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -15,6 +13,7 @@ from cora.eval.plots import bar_count, modules_plot, text_vs_id_plot, warm_cold_
 from cora.train.experiment import Experiment, run_experiment
 
 from llm_fixtures import tiny_backbone_folder, tiny_dataset
+from helpers import run_cli
 
 
 def tiny_experiment(root, **over) -> dict:
@@ -121,8 +120,7 @@ def test_bad_experiment_files_are_one_line_errors(tmp_path, change, message):
 def test_cli_experiment_error_is_one_line(tmp_path):
     d = tiny_experiment(tmp_path)
     d["plots"] = ["pie"]
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "experiment", str(write_yaml(tmp_path / "b.yaml", d))],
-                         capture_output=True, text=True)
+    res = run_cli("experiment", write_yaml(tmp_path / "b.yaml", d))
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "unknown plot(s) pie" in res.stderr
 
@@ -150,12 +148,10 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
     d["rows"] = d["rows"][:2]
     run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
     runs = [tmp_path / "exp" / "cf-mf", tmp_path / "exp" / "icl"]
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "report", *map(str, runs), "--split", "test-limit60",
-                          "--out", str(tmp_path / "r.md"), "--plot", "warm_cold"], capture_output=True, text=True)
+    res = run_cli("report", *runs, "--split", "test-limit60", "--out", tmp_path / "r.md", "--plot", "warm_cold")
     assert res.returncode == 0, res.stderr
     md = (tmp_path / "r.md").read_text()
     assert "| MF |" in md and "| ICL (zero-shot) |" in md
     assert (tmp_path / "warm_cold.png").exists()
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "report", str(runs[0]), "--split", "valid-limit5"],
-                         capture_output=True, text=True)
+    res = run_cli("report", runs[0], "--split", "valid-limit5")
     assert res.returncode == 1 and "no metrics for split 'valid-limit5'" in res.stderr

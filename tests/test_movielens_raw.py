@@ -11,7 +11,6 @@ import calendar
 import io
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pytest
 from cora.data.movielens import prepare_movielens, sample_valid_small
 from cora.data.store import load_dataset
 from cora.errors import CoraError
+
+from helpers import run_cli
 
 SPLITS = ("train", "valid", "test")
 
@@ -290,7 +291,7 @@ def test_data_outside_every_window(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 def cora(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cora.cli", *args], capture_output=True, text=True, timeout=120)
+    return run_cli(*args, timeout=120)
 
 
 def test_cli_prepare_movielens(tmp_path):

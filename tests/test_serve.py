@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from cora.serve.pairs import read_pairs_csv
 from cora.train.run import train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
+from helpers import run_cli
 
 
 @pytest.fixture()
@@ -383,9 +383,8 @@ def test_cli_bad_csv_from_a_shell(run, tmp_path):
     """The installed entry point prints one red line and exits 1, without loading a model."""
     path = tmp_path / "pairs.csv"
     path.write_text("user;item\n1;2\n")
-    res = subprocess.run([sys.executable, "-m", "cora.cli", "score", str(run), "--pairs", str(path), "--out",
-                          str(tmp_path / "s.parquet")], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"})
+    res = run_cli("score", run, "--pairs", path, "--out", tmp_path / "s.parquet",
+                  env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"})
     assert res.returncode == 1
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "missing column(s) 'user', 'item'" in lines[0] and str(path) in lines[0]
