@@ -70,6 +70,7 @@ def test_experiment_takes_collm_first_stage_from_the_tallrec_row(tmp_path):
     summary = json.loads((tmp_path / "exp" / "collm-mf" / "train_summary.json").read_text())
     assert summary["stages"]["lora"]["reused_from"] == str(tmp_path / "exp" / "tallrec")
     assert not (tmp_path / "exp" / "collm-mf" / "stage-1-lora" / "log.jsonl").exists()
+    assert "| CoLLM-MF | 8 steps; stage lora = TALLRec's |" in (tmp_path / "exp" / "results.md").read_text()
 
 
 def test_capped_test_sample_is_the_same_rows_for_cf_and_llm_rows(tmp_path):

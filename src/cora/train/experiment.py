@@ -208,6 +208,7 @@ def write_results(exp: Experiment) -> dict:
             missing.append(row["name"])
             continue
         r.update(method=row["name"], label=row.get("label", row["name"]), no_titles=bool(row.get("no_titles")),
+                 stage_from=row.get("stage_from", {}),
                  modules=row.get("modules", exp.llm.get("modules", "qkvo")), **_train_info(run))
         done.append(r)
     out = Path(exp.out)
@@ -217,6 +218,8 @@ def write_results(exp: Experiment) -> dict:
     lines += ["", "| method | training | time (s) |", "|---|---|---:|"]
     for r in done:
         what = f"{r['steps']} steps" if r.get("steps") is not None else f"{r.get('epochs')} epochs"
+        # A stage taken from another row counts in both rows' steps and time: say so.
+        what += "".join(f"; stage {stage} = {donor}'s" for stage, donor in r.get("stage_from", {}).items())
         lines.append(f"| {r['method']} | {what} | {r.get('train_time_s') or 0:.0f} |")
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
