@@ -156,3 +156,13 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
     assert (tmp_path / "warm_cold.png").exists()
     res = run_cli("report", runs[0], "--split", "valid-limit5")
     assert res.returncode == 1 and "no metrics for split 'valid-limit5'" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["ml1m-table3", "ml1m-table3-gpu", "ml1m-modules", "ml1m-ablations"])
+def test_shipped_experiment_files_validate_and_state_a_budget(name):
+    from pathlib import Path
+
+    exp = Experiment.load(Path(__file__).parents[1] / "experiments" / f"{name}.yaml")
+    assert exp.budget, "every shipped experiment prints its budget into results.md"
+    if name.startswith("ml1m-table3"):  # Table 3: all 14 rows of the paper
+        assert len(exp.rows) == 14
