@@ -190,6 +190,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                               f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
                               "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
                     running = []
+                    # The bar's "best" was written before this validation: bring it up to date.
+                    progress.update(task, info=f"loss {record['loss']:.4f}  {rate:.1f} samples/s  "
+                                               f"best {cfg.selection_metric} {best['score']:.4f}@{best['step']}")
                     if acc.is_main_process:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
