@@ -4,6 +4,7 @@ results.md / results.json / plots are written from finished runs, bad files are 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -160,8 +161,6 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
 
 @pytest.mark.parametrize("name", ["ml1m-table3", "ml1m-table3-gpu", "ml1m-modules", "ml1m-ablations"])
 def test_shipped_experiment_files_validate_and_state_a_budget(name):
-    from pathlib import Path
-
     exp = Experiment.load(Path(__file__).parents[1] / "experiments" / f"{name}.yaml")
     assert exp.budget, "every shipped experiment prints its budget into results.md"
     if name.startswith("ml1m-table3"):  # Table 3: all 14 rows of the paper

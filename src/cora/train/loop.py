@@ -144,6 +144,10 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     started, seen, stop_reason = time.time(), 0, "max_steps"
     t0 = started - elapsed_before
     running = []
+
+    def bar_info(loss: float, rate: float) -> str:  # reads `best` when called: after a validation too
+        return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {best['score']:.4f}@{best['step']}"
+
     model.train()
     with _progress(show_progress and acc.is_main_process) as progress:
         task = progress.add_task(f"train {cfg.method}", total=cfg.max_steps, completed=step, info="")
@@ -174,8 +178,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 rate = seen / max(time.time() - started, 1e-9)
-                progress.update(task, completed=step, info=f"loss {np.mean(running[-20:]):.4f}  {rate:.1f} samples/s  "
-                                                           f"best {cfg.selection_metric} {best['score']:.4f}@{best['step']}")
+                progress.update(task, completed=step, info=bar_info(np.mean(running[-20:]), rate))
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
                     scores = predict(unwrapped, valid, cfg.eval_batch_size, acc)
                     score = selection_score(valid_labels, valid_users, scores, cfg.selection_metric)
@@ -190,9 +193,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                               f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
                               "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
                     running = []
-                    # The bar's "best" was written before this validation: bring it up to date.
-                    progress.update(task, info=f"loss {record['loss']:.4f}  {rate:.1f} samples/s  "
-                                               f"best {cfg.selection_metric} {best['score']:.4f}@{best['step']}")
+                    progress.update(task, info=bar_info(record["loss"], rate))  # the best may have changed
                     if acc.is_main_process:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
