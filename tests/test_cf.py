@@ -200,12 +200,14 @@ def test_interrupted_run_resumes_to_the_same_model(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(cf_train_module, "_save_state", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         train_cf(cfg, tmp_path / "cut", show_progress=False)
-    assert (tmp_path / "cut" / "checkpoint" / "state.pt").exists()
+    assert (tmp_path / "cut" / "checkpoint" / "state.json").exists()
     assert not (tmp_path / "cut" / "metrics.json").exists()
     monkeypatch.setattr(cf_train_module, "_save_state", real_save)
     # The time before the interruption counts (pretend it was 1000 s).
-    state_path = tmp_path / "cut" / "checkpoint" / "state.pt"
-    torch.save({**torch.load(state_path, weights_only=False), "elapsed_s": 1000.0}, state_path)
+    from cora.safe_state import read_state, write_state
+
+    state_dir = tmp_path / "cut" / "checkpoint"
+    write_state(state_dir, "state", {**read_state(state_dir, "state"), "elapsed_s": 1000.0})
     resumed = train_cf(cfg, tmp_path / "cut", show_progress=False)
     assert 1000 < resumed["train"]["wall_time_s"] < 1000 + 10 * full["train"]["wall_time_s"] + 60
     assert resumed["test"]["auc"] == pytest.approx(full["test"]["auc"], abs=1e-7)
@@ -224,7 +226,7 @@ def test_finished_run_is_not_overwritten(toy, tmp_path):
 
 
 def test_unknown_model_and_split_are_clear_errors(toy, tmp_path):
-    with pytest.raises(CoraError, match="unknown CF model 'bpr'"):
+    with pytest.raises(CoraError, match="field 'model' = 'bpr': must be one of mf, lightgcn, sasrec"):
         train_cf(CFConfig(model="bpr", data=str(toy)), tmp_path / "x", show_progress=False)
     run = tmp_path / "mf"
     train_cf(small_cfg("mf", toy, epochs=1, patience=1), run, show_progress=False)

@@ -160,9 +160,11 @@ def test_save_load_and_resume(root, tmp_path, monkeypatch):
         train_run(cfg, killed, show_progress=False)
     # The checkpoint holds the training time so far; a resumed run adds to it (here: pretend the
     # first piece took 1000 s).
-    state = torch.load(killed / "checkpoint" / "state.pt", weights_only=False)
+    from cora.safe_state import read_state, write_state
+
+    state = read_state(killed / "checkpoint", "state")
     assert 0 < state["elapsed_s"] < 1000
-    torch.save({**state, "elapsed_s": 1000.0}, killed / "checkpoint" / "state.pt")
+    write_state(killed / "checkpoint", "state", {**state, "elapsed_s": 1000.0})
     resumed = train_run(cfg, killed, resume=True, show_progress=False)
     assert 1000 < resumed["wall_time_s"] < 1000 + 10 * summary["wall_time_s"] + 60
     times = [json.loads(line)["time_s"] for line in (killed / "log.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ results.md / results.json / plots are written from finished runs, bad files are 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,16 @@ def test_experiment_runs_rows_writes_results_and_skips_finished_rows(tmp_path):
     # Every row folder holds the same test sample.
     ns = {r["method"]: r["n"] for r in saved["rows"]}
     assert len(set(ns.values())) == 1
+    # Intervals on every row, differences to the first CoRA row (itself: exactly 0).
+    assert saved["bootstrap"]["reference"] == "CoRA-MF" and saved["bootstrap"]["resamples"] == 1000
+    for r in saved["rows"]:
+        assert 0 <= r["auc_ci95"][0] <= r["auc_ci95"][1] <= 1 and r["vs_reference"]["row"] == "CoRA-MF"
+    assert cora_row["vs_reference"]["delta_auc_ci95"] == [0.0, 0.0] and cora_row["vs_reference"]["p_delta_le_0"] == 1
+    lo, hi = cora_row["auc_ci95"]
+    assert f"| CoRA-MF | {cora_row['n']:,} | {cora_row['auc']:.4f} ± {(hi - lo) / 2:.4f} |" in md
+    assert "Δ AUC vs CoRA-MF" in md
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [
+        "CoRA-MF-ID-only.parquet", "CoRA-MF.parquet", "ICL.parquet", "MF.parquet"]
     # Second run: nothing retrained.
     stamp = (out / "cora-mf" / "model.safetensors").stat().st_mtime_ns
     run_experiment(Experiment.load(cfg))
@@ -72,6 +83,55 @@ def test_experiment_takes_collm_first_stage_from_the_tallrec_row(tmp_path):
     assert summary["stages"]["lora"]["reused_from"] == str(tmp_path / "exp" / "tallrec")
     assert not (tmp_path / "exp" / "collm-mf" / "stage-1-lora" / "log.jsonl").exists()
     assert "| CoLLM-MF | 8 steps; stage lora = TALLRec's |" in (tmp_path / "exp" / "results.md").read_text()
+
+
+def test_seeded_rows_train_per_seed_and_report_mean_sd_and_intervals(tmp_path):
+    d = tiny_experiment(tmp_path, plots=["warm_cold"], reference="MF")
+    d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "CoRA-MF", "method": "cora", "cf": "mf", "seeds": [1, 2]}]
+    results = run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    out = tmp_path / "exp"
+    for s in (1, 2):
+        assert yaml.safe_load((out / f"cora-mf-seed{s}" / "config.yaml").read_text())["seed"] == s
+    assert not (out / "cora-mf").exists()
+    row = results["rows"][1]
+    per = [json.loads((out / f"cora-mf-seed{s}" / "metrics.json").read_text())["test-limit60"] for s in (1, 2)]
+    assert [s["seed"] for s in row["seeds"]] == [1, 2] and [s["auc"] for s in row["seeds"]] == [p["auc"] for p in per]
+    import numpy as np
+
+    assert row["auc"] == pytest.approx(np.mean([p["auc"] for p in per]), abs=1e-6)
+    assert row["auc_std"] == pytest.approx(np.std([p["auc"] for p in per], ddof=1), abs=1e-6)
+    assert row["auc_ci95"][0] <= row["auc_ci95"][1] and row["seeds"][0]["auc_ci95"] is not None
+    assert row["vs_reference"]["row"] == "MF" and row["vs_reference"]["delta_auc_ci95"] is not None
+    md = (out / "results.md").read_text()
+    assert "Δ AUC vs MF" in md and f"2 (sd {row['auc_std']:.4f} / {row['uauc_std']:.4f})" in md
+    assert "| CoRA-MF | 4 steps x 2 seeds (1, 2) |" in md
+    # The results folder alone rebuilds the same numbers: predictions/ + cora report --predictions.
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [
+        "CoRA-MF-seed1.parquet", "CoRA-MF-seed2.parquet", "MF.parquet"]
+    from cora.eval.report import build_report
+
+    rows, meta = build_report(None, [out / "predictions"], "test-limit60", reference="MF")
+    assert [r["method"] for r in rows] == ["MF", "CoRA-MF"] and meta == results["bootstrap"]
+    for got, want in zip(rows, results["rows"]):
+        for key in ("auc", "uauc", "cold_auc", "auc_ci95", "uauc_ci95", "warm_auc_ci95", "vs_reference"):
+            assert got[key] == want[key], key
+    res = run_cli("report", "--predictions", out / "predictions", "--reference", "MF")
+    assert res.returncode == 0 and "±" in res.stdout and "CoRA-MF" in res.stdout
+
+
+def test_seeded_stage_from_takes_the_donor_run_of_the_same_seed(tmp_path, monkeypatch):
+    import cora.train.run as run_mod
+
+    calls = []
+    monkeypatch.setattr(run_mod, "train_run", lambda cfg, out, resume, stage_from: calls.append(
+        (cfg.seed, Path(out).name, {k: Path(v).name for k, v in stage_from.items()})))
+    monkeypatch.setattr(run_mod, "evaluate_run", lambda *a, **k: None)
+    d = tiny_experiment(tmp_path, plots=[])
+    d["rows"] = [{"name": "TALLRec", "method": "tallrec", "seeds": [1, 2]},
+                 {"name": "CoLLM", "method": "tallrec", "seeds": [2, 1], "stage_from": {"lora": "TALLRec"}}]
+    run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    assert calls == [(1, "tallrec-seed1", {}), (2, "tallrec-seed2", {}),
+                     (2, "collm-seed2", {"lora": "tallrec-seed2"}), (1, "collm-seed1", {"lora": "tallrec-seed1"})]
 
 
 def test_capped_test_sample_is_the_same_rows_for_cf_and_llm_rows(tmp_path):
@@ -111,11 +171,22 @@ def test_report_only_lists_unfinished_rows(tmp_path):
     (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": "ICL"}),
      "stage_from must map a stage to an earlier row"),
     (lambda d: d.update(test_limit=None, test_per_user=5), "test_per_user goes with test_limit"),
+    (lambda d: d.update(reference="TALLRec"), "reference 'TALLRec' is not a row name"),
+    (lambda d: d["rows"][0].update(seeds=[1, 2]), "rows[0]: seeds are for LLM rows"),
+    (lambda d: d["rows"][1].update(seeds=[1, 1]), "seeds must be a list of distinct integers"),
+    (lambda d: d["rows"][1].update(seeds=3), "seeds must be a list of distinct integers"),
+    (lambda d: d["rows"][1].update(seeds=[1], seed=2), "give seed or seeds, not both"),
+    (lambda d: d["rows"].extend([{"name": "T", "method": "tallrec"}, {"name": "C", "method": "collm", "cf": "mf",
+                                                                      "seeds": [1], "stage_from": {"lora": "T"}}]),
+     "stage_from lora: 'T' has no run with seed 1 (its seeds: [3]); give 'T' seeds: [1] too"),
+    (lambda d: d["rows"].extend([{"name": "T", "method": "tallrec", "seeds": [1]},
+                                 {"name": "C", "method": "collm", "cf": "mf", "stage_from": {"lora": "T"}}]),
+     "'T' is trained once per seed; give 'C' seeds too"),
 ])
 def test_bad_experiment_files_are_one_line_errors(tmp_path, change, message):
     d = tiny_experiment(tmp_path)
     change(d)
-    with pytest.raises(CoraError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(CoraError, match=re.escape(message)):
         Experiment.load(write_yaml(tmp_path / "bad.yaml", d))
 
 
@@ -155,6 +226,24 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
     md = (tmp_path / "r.md").read_text()
     assert "| MF |" in md and "| ICL (zero-shot) |" in md
     assert (tmp_path / "warm_cold.png").exists()
+    # Intervals in the printed table; no CoRA row, so the first row is the reference.
+    assert "±" in res.stdout and "Δ AUC vs MF" in md and "(reference)" in md
+    res = run_cli("report", *runs, "--split", "test-limit60", "--reference", "ICL (zero-shot)",
+                  "--out", tmp_path / "r.md")
+    assert res.returncode == 0 and "Δ AUC vs ICL (zero-shot)" in (tmp_path / "r.md").read_text()
+    # A run scored on other test rows is refused, naming both predictions files.
+    import pandas as pd
+
+    pred_path = runs[1] / "predictions-test-limit60.parquet"
+    pred = pd.read_parquet(pred_path)
+    pred.loc[0, "iid"] += 1000
+    pred.to_parquet(pred_path)
+    res = run_cli("report", *runs, "--split", "test-limit60")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert f"{pred_path} ({len(pred)} rows) was scored on other rows than {runs[0]}" in res.stderr
+    pred_path.write_bytes(b"not parquet")
+    res = run_cli("report", *runs, "--split", "test-limit60")
+    assert res.returncode == 1 and f"{pred_path}: not a readable predictions parquet" in res.stderr
     res = run_cli("report", runs[0], "--split", "valid-limit5")
     assert res.returncode == 1 and "no metrics for split 'valid-limit5'" in res.stderr
 

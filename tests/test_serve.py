@@ -190,16 +190,36 @@ def test_recommend_endpoint(client, rec, tables):
     assert client.post("/recommend", json={"user": uid}).status_code == 200  # defaults: k 10 of 100
 
 
+@pytest.fixture()
+def gappy_client(rec):
+    """A service over the run as if user 5 had no interactions and item 7 no title: ids inside the
+    schema's range (1..n-1 of the dataset) that the service cannot serve."""
+    import copy
+    import dataclasses
+
+    gappy = copy.copy(rec)
+    gappy.catalog = dataclasses.replace(rec.catalog, histories={u: h for u, h in rec.catalog.histories.items() if u != 5},
+                                        titles={i: t for i, t in rec.catalog.titles.items() if i != 7})
+    with TestClient(create_app(gappy, max_batch=8, max_wait_ms=1, queue_size=16)) as c:
+        yield c
+
+
 @pytest.mark.parametrize("path, body, needle", [
-    ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 999, "item": 2}]}, "unknown user 999"),
-    ("/score", {"pairs": [{"user": 1, "item": 31}]}, "unknown item 31"),
-    ("/score", {"pairs": [{"user": 1, "item": 0}]}, "unknown item 0"),
-    ("/recommend", {"user": 12345, "k": 2}, "unknown user 12345"),
-    ("/recommend", {"user": -1}, "unknown user -1"),
+    ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 5, "item": 2}]}, "unknown user 5"),
+    ("/score", {"pairs": [{"user": 1, "item": 7}]}, "unknown item 7"),
+    ("/recommend", {"user": 5, "k": 2}, "unknown user 5"),
 ])
-def test_unknown_ids_are_404_naming_the_id(client, path, body, needle):
-    r = client.post(path, json=body)
+def test_unknown_ids_in_range_are_404_naming_the_id(gappy_client, path, body, needle):
+    r = gappy_client.post(path, json=body)
     assert r.status_code == 404 and needle in r.json()["detail"]
+
+
+def test_integers_written_as_floats_are_integers(client, rec):
+    """JSON Schema's integer includes 2.0: the schema and the handlers agree on it."""
+    r = client.post("/score", json={"pairs": [{"user": 1.0, "item": 2.0}]})
+    assert r.status_code == 200 and r.json()["results"][0]["user"] == 1
+    assert r.json()["results"][0]["probability"] == pytest.approx(float(rec.score_pairs([(1, 2)])[0]), abs=1e-6)
+    assert client.post("/recommend", json={"user": 1, "k": 2.0, "candidates": 4.0}).status_code == 200
 
 
 @pytest.mark.parametrize("path, body", [
@@ -221,6 +241,16 @@ def test_unknown_ids_are_404_naming_the_id(client, path, body, needle):
     ("/recommend", {"user": 1, "candidates": MAX_CANDIDATES + 1}),
     ("/recommend", {"user": 1, "k": 5, "candidates": 3}),
     ("/recommend", {"k": 5}),
+    # ids outside 1..n-1 of the dataset (12 users, 30 items): the schema's minimum / maximum
+    ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 999, "item": 2}]}),
+    ("/score", {"pairs": [{"user": 1, "item": 31}]}),
+    ("/score", {"pairs": [{"user": 1, "item": 0}]}),
+    ("/recommend", {"user": 12345, "k": 2}),
+    ("/recommend", {"user": -1}),
+    # tokens Python's JSON parser accepts: the 422 that echoes them must still be JSON
+    ("/recommend", b'{"user": NaN}'),
+    ("/score", b'{"pairs": [{"user": 1, "item": Infinity}]}'),
+    ("/recommend", b'{"user": 1e400}'),
 ])
 def test_bad_requests_are_422_never_500(client, path, body):
     if isinstance(body, bytes):

@@ -6,6 +6,7 @@ User errors (:class:`cora.errors.CoraError`) become one red line and exit code 1
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 
 from cora.errors import CoraError
+from cora.ranges import check_flags, check_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CoRA: collaborative LoRA recommenders.")
 data_app = typer.Typer(no_args_is_help=True, help="Get, import and prepare interaction data.")
@@ -69,6 +71,43 @@ def data_import_collm(
     from cora.data.collm_import import import_collm
 
     meta = import_collm(src, out, trust_pickle=trust_pickle, name=name, domain=domain, overwrite=overwrite)
+    _print_meta(meta, out)
+
+
+@data_app.command("import-interactions")
+def data_import_interactions(
+    interactions: Path = typer.Argument(..., metavar="INTERACTIONS",
+                                        help="One row per event: user, item, rating or 0/1 label, time "
+                                        "(unix seconds or ISO date, UTC). csv, tsv, parquet or RecBole .inter."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Item id -> title (+ other columns, kept in "
+                                         "items.parquet). RecBole: the .item beside the .inter by default."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv | tsv | parquet | recbole (default: by file name)."),
+    user: Optional[str] = typer.Option(None, "--user", metavar="COL", help="User column (default: detected)."),
+    item: Optional[str] = typer.Option(None, "--item", metavar="COL", help="Item column (default: detected)."),
+    time: Optional[str] = typer.Option(None, "--time", metavar="COL", help="Time column (default: detected)."),
+    rating: Optional[str] = typer.Option(None, "--rating", metavar="COL", help="Rating column (label = rating >= threshold)."),
+    positive_threshold: Optional[float] = typer.Option(None, "--positive-threshold", metavar="X",
+                                                       help="Ratings >= X are positives (default 4)."),
+    label: Optional[str] = typer.Option(None, "--label", metavar="COL", help="A 0/1 label column instead of a rating."),
+    title: Optional[str] = typer.Option(None, "--title", metavar="COL", help="Title column of --items (or of "
+                                        "INTERACTIONS without --items)."),
+    split_dates: Optional[str] = typer.Option(None, "--split-dates", metavar="TRAIN_START,VALID_START,TEST_START,END",
+                                              help="UTC dates; each split is [start, next start); rows outside dropped."),
+    split_fractions: Optional[str] = typer.Option(None, "--split-fractions", metavar="TRAIN,VALID,TEST",
+                                                  help="Cut the time line at these shares of events (default 0.8,0.1,0.1)."),
+    domain: str = typer.Option("items", "--domain", metavar="WORD", help="Plural noun for prompts: movies, books, ..."),
+    valid_small_frac: float = typer.Option(0.5, "--valid-small-frac", help="Share of valid sampled as valid_small."),
+    seed: int = typer.Option(2023, "--seed", help="Seed of the valid_small sample."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Import your own interaction log with the ML-1M protocol (histories, ids, not_cold, valid_small)."""
+    from cora.data.interactions import import_interactions
+
+    meta = import_interactions(interactions, out, items=items, fmt=fmt, user=user, item=item, time=time,
+                               rating=rating, positive_threshold=positive_threshold, label=label, title=title,
+                               split_dates=split_dates, split_fractions=split_fractions, domain=domain,
+                               valid_small_frac=valid_small_frac, seed=seed, overwrite=overwrite)
     _print_meta(meta, out)
 
 
@@ -128,10 +167,11 @@ def cf_train(
     from cora.cf.train import train_cf
     from cora.config import CFConfig
 
-    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, weight_decay=wd, dim=dim, patience=patience,
-                                       batch_size=batch_size, seed=seed, sas_block=sas_block).items()
-                 if v is not None}
-    cfg = CFConfig.for_model(model, data=str(data), **overrides)
+    flags = dict(epochs=epochs, lr=lr, weight_decay=wd, dim=dim, patience=patience, batch_size=batch_size,
+                 seed=seed, sas_block=sas_block)
+    check_flags("CFConfig", flags, spelled={"weight_decay": "--wd"})
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    cfg = CFConfig.for_model(model, source="--model", data=str(data), **overrides)
     metrics = train_cf(cfg, out, resume=resume)
     _print_metrics(metrics, title=f"{model} -> {out}")
 
@@ -147,6 +187,7 @@ def cf_evaluate(
     """Recompute a split's metrics from the saved CF model."""
     from cora.cf.train import evaluate_cf_run
 
+    check_options(limit=limit, per_user=per_user)
     _check_per_user(limit, per_user)
     metrics = evaluate_cf_run(run, split, limit, per_user)
     _print_metrics({split: metrics}, title=str(run))
@@ -168,6 +209,16 @@ def train_cmd(
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (1)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (1e-3)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps budget (2000)."),
+    lr_horizon: Optional[int] = typer.Option(None, "--lr-horizon", help="Steps the cosine decay spans, independent "
+                                             "of --max-steps (default: the reference's, per method)."),
+    alpha: Optional[float] = typer.Option(None, help="Scale numerator of the collaborative weights (s = alpha / r)."),
+    input_norm: Optional[str] = typer.Option(None, "--input-norm", help="CoRA: none (paper) | zscore | layernorm: normalise "
+                                             "each CF embedding before the generator."),
+    soft_prompt: Optional[str] = typer.Option(None, "--soft-prompt", help="Prompt4NR: slots (CoLLM's code, default) "
+                                              "| prefix (vectors after BOS on the plain prompt)."),
+    calibrate_logit: Optional[bool] = typer.Option(None, "--calibrate-logit/--raw-logit",
+                                                   help="Subtract the mean initial Yes logit (default) or feed "
+                                                        "the raw Yes logit to BCE (the reference)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (100)."),
     patience: Optional[int] = typer.Option(None, help="Stop after N validations without gain (20)."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (200)."),
@@ -189,25 +240,36 @@ def train_cmd(
                                          help="Take a stage from a finished run instead of training it "
                                               "(CoLLM / BinLLM: lora=TALLREC_RUN / text=TALLREC_RUN)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
+                                         help="Keep checkpoint/ (last weights + optimizer state) when the run "
+                                              "finishes; by default a finished run deletes it."),
 ) -> None:
     """Train an LLM method (CoRA by default) with the one training loop; writes a run folder."""
     from cora.config import LLMConfig
     from cora.train.run import train_run
 
-    base = LLMConfig.load(config).to_dict() if config else {}
+    from cora.io import read_yaml_mapping
+
+    # A partial --config gets the method's reference settings for what it leaves out; a run's own
+    # config.yaml names every field, so it rebuilds that run exactly.
+    base = read_yaml_mapping(config, "config") if config else {}
     flags = dict(data=data, cf=cf, method=method, backbone=backbone, modules=modules, rank=rank,
                  batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps, eval_every=eval_every,
                  patience=patience, warmup_steps=warmup_steps, limit_train=limit_train, limit_valid=limit_valid,
                  max_titles=max_titles, no_titles=no_titles, dtype=dtype, device=device, seed=seed)
-    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora, bucket_window=bucket_window)
+    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora, bucket_window=bucket_window,
+                 lr_horizon=lr_horizon, input_norm=input_norm, soft_prompt=soft_prompt,
+                 calibrate_logit=calibrate_logit, alpha=alpha)
     flags.update(binllm_bits=binllm_bits, binllm_dot_decimal=binllm_dot_decimal)
+    check_flags("LLMConfig", flags)  # a bad flag is named as typed, before the --config merge
     base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
-    cfg = LLMConfig.from_dict(base, source=str(config or "flags"))
+    cfg = LLMConfig.for_method(base, source=str(config or "flags"))
     if not cfg.data:
         raise CoraError("--data is required (or a 'data' field in --config)")
     if bad := [s for s in stage_from if "=" not in s]:
         raise CoraError(f"--stage-from {bad[0]}: write STAGE=RUN, e.g. lora=runs/tallrec")
-    summary = train_run(cfg, out, resume=resume, stage_from=dict(s.split("=", 1) for s in stage_from))
+    summary = train_run(cfg, out, resume=resume, stage_from=dict(s.split("=", 1) for s in stage_from),
+                        keep_checkpoint=keep_checkpoint)
     console.print_json(json.dumps(summary))
 
 
@@ -227,6 +289,7 @@ def evaluate_cmd(
 ) -> None:
     """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
     With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json)."""
+    check_options(limit=limit, per_user=per_user, k=k, candidates=candidates, limit_users=limit_users)
     if ranking:
         if limit is not None or per_user is not None:
             raise CoraError("--limit / --per-user are for AUC; with --ranking use --limit-users")
@@ -268,7 +331,9 @@ def experiment_cmd(
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild results.md and plots from finished rows."),
 ) -> None:
     """Run every row of an experiment (resuming finished and interrupted rows), then write
-    results.md, results.json and the plots."""
+    results.md, results.json (every AUC / UAUC with a 95 % user-bootstrap interval, each row's
+    difference to the YAML's `reference:` row, `seeds:` rows as mean and sd over seeds), the plots
+    and predictions/ (each row's test predictions: 'cora report --predictions OUT/predictions')."""
     from cora.train.experiment import Experiment, run_experiment, write_results
 
     exp = Experiment.load(config)
@@ -280,39 +345,53 @@ def experiment_cmd(
 
 @app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders (CF or LLM) to compare."),
+    runs: Optional[list[Path]] = typer.Argument(None, help="Run folders (CF or LLM) to compare."),
     split: str = typer.Option("test", help="Metrics key: test, valid, or e.g. test-limit2000."),
+    predictions: Optional[list[Path]] = typer.Option(
+        None, "--predictions", help="Instead of run folders: predictions parquet files (uid, iid, label, score, "
+        "not_cold) or folders of them, e.g. an experiment's <out>/predictions/. Table, intervals and differences "
+        "are recomputed from these files alone. A row is named by the file (NAME-seedN.parquet: seed N of row "
+        "NAME); files an experiment wrote carry their row's name, seed and order."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Row the differences are taken to (a row "
+                                            "name or run folder; default: the first CoRA row, else the first)."),
+    resamples: int = typer.Option(1000, "--resamples", min=1000, help="Bootstrap resamples of the test users."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown here."),
     plot: Optional[list[str]] = typer.Option(None, "--plot", help="Also draw: warm_cold, text_vs_id, modules "
                                              "(PNG beside --out, or in the current folder)."),
 ) -> None:
-    """Print one table comparing runs on the same split (AUC, UAUC, warm, cold)."""
+    """Print one table comparing runs on the same test rows (AUC, UAUC, warm, cold), each number
+    with the 95 % interval of a user-level paired bootstrap (resampled test users, the same
+    resamples for every row) and each row's difference to the reference row [95 % interval] with
+    the share of resamples where it is <= 0. Rows scored on different test rows are refused."""
+    from rich.measure import Measurement
     from rich.table import Table
 
-    from cora.eval.report import markdown_table, report_rows
+    from cora.eval.plots import PLOTS
+    from cora.eval.report import build_report, interval_note, markdown_table, table_cells, table_columns
     from cora.io import atomic_path
 
-    rows = report_rows(runs, split)
-    t = Table(title=f"split: {split}")
-    for c in ("method", "n", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC"):
-        t.add_column(c, justify="left" if c == "method" else "right")
-    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    if bad := [name for name in plot or [] if name not in PLOTS]:
+        raise CoraError(f"unknown plot '{bad[0]}' (choose from {', '.join(PLOTS)})")
+    rows, meta = build_report(runs, predictions, split, reference=reference, resamples=resamples,
+                              seed=bootstrap_seed)
+    label = split if runs else "predictions"
+    seeded = any("seeds" in r for r in rows)
+    t = Table(title=f"split: {label}", caption=interval_note(meta, seeded), caption_justify="left")
+    for c in table_columns(label, meta, seeded):
+        t.add_column(c, justify="left" if c.startswith("method") else "right", no_wrap=True)
     for r in rows:
-        t.add_row(r["method"], f"{r['n']:,}", f(r["auc"]), f(r["uauc"]), f(r["warm_auc"]), f(r["warm_uauc"]),
-                  f(r["cold_auc"]), f(r["cold_uauc"]))
-    console.print(t)
+        t.add_row(*table_cells(r, meta, seeded))
+    # Cells like "0.7012 ± 0.0180" are unreadable once wrapped: print the table at its full width.
+    full = Measurement.get(console, console.options.update_width(10_000), t).maximum
+    Console(width=max(console.width, full)).print(t)
     if out:
         with atomic_path(out) as tmp:
-            Path(tmp).write_text(markdown_table(rows, split))
-    if plot:
-        from cora.eval.plots import PLOTS
-
-        for name in plot:
-            if name not in PLOTS:
-                raise CoraError(f"unknown plot '{name}' (choose from {', '.join(PLOTS)})")
-            path = (out.parent if out else Path(".")) / f"{name}.png"
-            PLOTS[name](rows, path)
-            console.print(f"wrote {path}")
+            Path(tmp).write_text(markdown_table(rows, label, meta))
+    for name in plot or []:
+        path = (out.parent if out else Path(".")) / f"{name}.png"
+        PLOTS[name](rows, path)
+        console.print(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------- serving
@@ -326,8 +405,10 @@ def recommend_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Top-k items for a user: CF retrieves unseen candidates, the run's LLM method reranks them."""
-    from cora.serve.recommend import Recommender
+    from cora.serve.recommend import Recommender, check_k
 
+    check_options(user=user, k=k, candidates=candidates)
+    check_k(k, candidates)  # before the (slow) model loads
     rec = Recommender.from_run(run, cf=cf)
     items = rec.recommend(user, k=k, candidates=candidates)
     if as_json:
@@ -357,6 +438,7 @@ def score_cmd(
     """Score (user, item) pairs from a CSV with a run's best weights."""
     from cora.serve.pairs import score_file
 
+    check_options(batch_size=batch_size)
     df = score_file(run, pairs, out, batch_size=batch_size)
     console.print(f"scored {len(df):,} pairs -> {out}")
 
@@ -370,18 +452,22 @@ def serve_cmd(
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a batch waits for more requests."),
     queue_size: int = typer.Option(256, "--queue-size", help="Requests allowed to wait; beyond it: 503."),
     cf: Optional[Path] = typer.Option(None, "--cf", help="CF run for /recommend (runs of methods without one)."),
+    max_pairs: int = typer.Option(1024, "--max-pairs", help="Most pairs per /score request; beyond it: 422."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Largest request body; beyond it: 413."),
+    shutdown_grace: float = typer.Option(10.0, "--shutdown-grace",
+                                         help="Seconds queued requests get after SIGTERM; the rest: 503."),
 ) -> None:
     """HTTP service: /score, /recommend, /info, /health (OpenAPI at /openapi.json, docs at /docs)."""
-    import uvicorn
+    check_options(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    from cora.serve.server import check_serve_flags, serve
 
+    check_serve_flags(max_pairs=max_pairs, max_body_bytes=max_body_bytes, shutdown_grace=shutdown_grace)
     from cora.serve.app import create_app
     from cora.serve.recommend import Recommender
 
-    if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-        raise CoraError("--max-batch and --queue-size must be >= 1 and --max-wait-ms >= 0")
     rec = Recommender.from_run(run, cf=cf)
-    uvicorn.run(create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size),
-                host=host, port=port)
+    serve(create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, max_pairs=max_pairs,
+                     max_body_bytes=max_body_bytes), host=host, port=port, grace_s=shutdown_grace)
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
@@ -399,24 +485,79 @@ def _print_metrics(metrics: dict, title: str) -> None:
     console.print(t)
 
 
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="CORA_DEBUG",
+                               help="Show the full traceback of an unexpected error (or set CORA_DEBUG=1)."),
+) -> None:
+    global _debug
+    _debug = debug
+
+
+_debug = False
+
+
+def _debugging() -> bool:
+    # The env var also covers errors raised before the callback has run.
+    return _debug or os.environ.get("CORA_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception class ``name``, and typer's copy of it (typer >= 0.2x vendors click)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def _one_line(text: object) -> str:
+    """A message as one line, its brackets escaped (rows[0], [lora] are text, not rich markup)."""
+    from rich.markup import escape
+
+    return escape(" ".join(part.strip() for part in str(text).splitlines() if part.strip()))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except CoraError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("[red]interrupted[/]")
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        if isinstance(e, _click_classes("Exit")):
+            sys.exit(e.exit_code)
+        if isinstance(e, _click_classes("NoArgsIsHelpError")):  # plain `cora` / `cora data`: the help
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
+        if isinstance(e, _click_classes("UsageError")):  # a bad flag or value: one line, its own exit code
+            where = e.ctx.command_path if e.ctx is not None else "cora"
+            err_console.print(f"[bold red]error:[/] {_one_line(e.format_message())} (see '{where} --help')",
+                              highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
-        raise
+        if isinstance(e, _click_classes("ClickException")):
+            err_console.print(f"[bold red]error:[/] {_one_line(e.format_message())}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        if _debugging():
+            raise
+        # The safety net: every bad input the project knows of is a CoraError above; what lands
+        # here is a bug or a case nobody has met yet. tests/test_bad_input.py fails if a known
+        # case ever reaches it.
+        err_console.print(f"[bold red]{UNEXPECTED}:[/] {type(e).__name__}: {_one_line(str(e)[:300])} "
+                          "(run with --debug or CORA_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+UNEXPECTED = "unexpected error"
 
 
 if __name__ == "__main__":

@@ -177,6 +177,8 @@ class SASRec(CFModel):
         super().__init__(n_users, n_items, dim)
         if block not in ("reference", "preln"):
             raise CoraError(f"unknown SASRec block '{block}' (choose reference or preln)")
+        if dim % n_heads:  # torch's attention would fail with an assertion deep inside
+            raise CoraError(f"sas_heads {n_heads} must divide the embedding size dim {dim}")
         self.max_len, self.block = max_len, block
         self.item = nn.Embedding(n_items, dim, padding_idx=0)
         self.pos = nn.Embedding(max_len, dim)

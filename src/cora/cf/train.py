@@ -2,13 +2,17 @@
 on full-valid AUC, resumable run folder.
 
 Run folder: config.yaml, model.safetensors (best), metrics.json, predictions-{valid,test}.parquet,
-log.jsonl, and checkpoint/ (last state for --resume; removed when the run finishes).
+log.jsonl, and checkpoint/ (last state for --resume; removed when the run finishes):
+``state.safetensors`` (model, optimizer and RNG tensors) + ``state.json`` (the rest), no pickle
+(cora.safe_state), swapped in whole after every epoch (cora.io.atomic_dir). Killed at any moment
+and run again, a run ends with the same model and metrics as one that ran through.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import time
@@ -18,7 +22,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from safetensors.torch import load_file, save_file
 
 from cora.cf.data import batches, table_tensors
 from cora.cf.models import CFModel, LightGCN, build_cf_model
@@ -26,7 +29,10 @@ from cora.config import CFConfig
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import auc, evaluate_predictions
-from cora.io import atomic_path, read_json, write_json, write_parquet
+from cora.io import (atomic_dir, atomic_path, check_tensors, is_no_space, kill_point, no_space_error, read_json,
+                     read_safetensors, read_yaml_mapping, remove_partial, removed_on_failure, write_json,
+                     write_parquet)
+from cora.safe_state import has_state, read_state, save_tensor_file, write_state
 
 
 def _history_len(model: CFModel, cfg: CFConfig) -> int:
@@ -60,12 +66,11 @@ def _valid_auc(model: CFModel, tensors: dict[str, torch.Tensor]) -> float | None
 
 
 def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: torch.Generator,
-                elapsed_s: float) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / "state.pt") as tmp:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
-                    "bad": bad, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "elapsed_s": elapsed_s}, tmp)
+                elapsed_s: float, log_bytes: int) -> None:
+    with atomic_dir(path, overwrite=True) as tmp:
+        write_state(tmp, "state", {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
+                                   "bad": bad, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                   "elapsed_s": elapsed_s, "log_bytes": log_bytes})
 
 
 def _check_same_settings(cfg: CFConfig, out: Path) -> None:
@@ -78,12 +83,24 @@ def _check_same_settings(cfg: CFConfig, out: Path) -> None:
 
 
 def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress: bool = True) -> dict:
-    """Train until ``patience`` epochs pass without a valid-AUC gain; returns metrics (valid, test)."""
+    """Train until ``patience`` epochs pass without a valid-AUC gain; returns metrics (valid, test).
+    A run that fails before its first checkpoint (bad data, a loss that is nan at once) leaves
+    nothing in ``out``; one that fails later keeps its checkpoint for resuming."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CoraError(f"{out}: exists and is not a folder (choose another --out)")
+    keep = lambda o: (o / "checkpoint").exists() or (o / "model.safetensors").exists()  # noqa: E731
+    with removed_on_failure(out, keep=keep):
+        return _train_cf(cfg, out, resume, show_progress)
+
+
+def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> dict:
     ds = load_dataset(cfg.data)
+    ckpt = out / "checkpoint"
     if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
         if resume:
             _check_same_settings(cfg, out)
+            shutil.rmtree(ckpt, ignore_errors=True)  # killed between writing the metrics and deleting it
             return read_json(out / "metrics.json")
         raise CoraError(f"{out}: a finished run is already there (choose another --out)")
     if out.exists() and not resume and any(out.iterdir()):
@@ -103,24 +120,36 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
     valid_t = table_tensors(valid_df, max_len)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start_epoch, best, bad, elapsed_before = 0, {"auc": -1.0, "epoch": -1}, 0, 0.0
-    ckpt = out / "checkpoint" / "state.pt"
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    start_epoch, best, bad, elapsed_before, log_bytes = 0, {"auc": -1.0, "epoch": -1}, 0, 0.0, 0
+    best_part = out / "model.safetensors.part"
+    # Leftovers of writes a kill interrupted: a checkpoint swapped aside goes back, temporaries go.
+    for name in ("model.safetensors", "predictions-valid.parquet", "predictions-test.parquet", "metrics.json"):
+        remove_partial(out / name)  # (model.safetensors' pattern covers model.safetensors.part's too)
+    remove_partial(ckpt)
+    if resume and has_state(ckpt, "state"):
+        state = read_state(ckpt, "state")  # refuses an older version's pickle (state.pt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start_epoch, best, bad = state["epoch"] + 1, state["best"], state["bad"]
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        elapsed_before = state.get("elapsed_s", 0.0)  # a resumed run reports its time in all
+        elapsed_before, log_bytes = state["elapsed_s"], state["log_bytes"]  # a resumed run reports its time in all
+    log_path = out / "log.jsonl"
+    if log_path.exists() and log_path.stat().st_size > log_bytes:
+        # Epochs logged after the checkpoint this run starts from are trained and logged again.
+        os.truncate(log_path, log_bytes)
 
     t0 = time.time() - elapsed_before
-    log = open(out / "log.jsonl", "a")
+    log = open(log_path, "a")
+    # A checkpoint of the epoch that ran out of patience (killed before the metrics) has nothing
+    # left to train; one that had all its epochs neither.
+    last_epoch = cfg.epochs if bad < cfg.patience else start_epoch
+    epochs_run = start_epoch
     n_batches = math.ceil(len(train_t["uid"]) / cfg.batch_size)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{cfg.model}", total=cfg.epochs, completed=start_epoch, info="")
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, last_epoch):
             model.train()
             total = 0.0
             for batch in batches(train_t, cfg.batch_size, shuffle=True, generator=gen):
@@ -131,32 +160,39 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
                 loss.backward()
                 opt.step()
                 total += loss.item()
+            kill_point("cf-epoch")  # the kill -9 tests' mid-epoch moment (cora.io.kill_point)
             valid_auc = _valid_auc(model, valid_t)
             improved = valid_auc is not None and valid_auc > best["auc"]
             if improved:
                 best, bad = {"auc": valid_auc, "epoch": epoch}, 0
-                with atomic_path(out / "model.safetensors.part") as tmp:
-                    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+                with atomic_path(best_part) as tmp:
+                    save_tensor_file(tmp, model.state_dict())
             else:
                 bad += 1
-            log.write(json.dumps({"epoch": epoch, "loss": total / n_batches, "valid_auc": valid_auc,
-                                  "best_auc": best["auc"], "time": round(time.time() - t0, 2)}) + "\n")
-            log.flush()
-            _save_state(out / "checkpoint", model, opt, epoch, best, bad, gen, time.time() - t0)
+            try:
+                log.write(json.dumps({"epoch": epoch, "loss": total / n_batches, "valid_auc": valid_auc,
+                                      "best_auc": best["auc"], "time": round(time.time() - t0, 2)}) + "\n")
+                log.flush()
+            except OSError as e:
+                if is_no_space(e):
+                    raise no_space_error(log_path, "the last checkpoint is intact") from None
+                raise
+            epochs_run = epoch + 1
+            _save_state(ckpt, model, opt, epoch, best, bad, gen, time.time() - t0, os.fstat(log.fileno()).st_size)
             progress.update(task, completed=epoch + 1,
                             info=f"loss {total / n_batches:.4f}  valid AUC {valid_auc or float('nan'):.4f}  best {best['auc']:.4f}@{best['epoch']}")
             if bad >= cfg.patience:
                 break
     log.close()
-    best_part = out / "model.safetensors.part"
-    if not best_part.exists():
+    if best_part.exists():
+        best_part.replace(out / "model.safetensors")
+    elif best["epoch"] < 0 or not (out / "model.safetensors").exists():  # else: moved there before a kill
         raise CoraError(f"{out}: no epoch produced a valid AUC (is the valid split single-class?)")
-    best_part.replace(out / "model.safetensors")
     metrics = _final_metrics(out, cfg, ds)
-    metrics["train"] = {"best_epoch": best["epoch"], "epochs_run": epoch + 1, "wall_time_s": round(time.time() - t0, 1),
+    metrics["train"] = {"best_epoch": best["epoch"], "epochs_run": epochs_run, "wall_time_s": round(time.time() - t0, 1),
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     write_json(out / "metrics.json", metrics)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
     return metrics
 
 
@@ -165,15 +201,34 @@ def load_cf_run(run: str | Path) -> tuple[CFModel, CFConfig, Dataset]:
     run = Path(run)
     if not (run / "config.yaml").exists() or not (run / "model.safetensors").exists():
         raise CoraError(f"{run}: not a finished CF run (needs config.yaml and model.safetensors)")
+    if "method" in read_yaml_mapping(run / "config.yaml", "run config"):
+        raise CoraError(f"{run}: an LLM run, not a CF run (its config.yaml names a method)")
     cfg = CFConfig.load(run / "config.yaml")
+    state = read_safetensors(run / "model.safetensors", "CF model file")  # a corrupt file fails before any work
     ds = load_dataset(cfg.data)
     model = prepare_model(cfg, ds)
-    model.load_state_dict(load_file(str(run / "model.safetensors")))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_tensors(run / "model.safetensors", state, expected, f"a {cfg.model} model of '{ds.name}' with dim {cfg.dim}")
+    model.load_state_dict(state)
     model.eval()
     model.requires_grad_(False)
     if isinstance(model, LightGCN):
         model.freeze_propagation()
     return model, cfg, ds
+
+
+# What makes two dataset folders the same dataset for a CF model: its tables are sized by the counts.
+_IDENTITY = ("name", "domain", "n_users", "n_items")
+
+
+def check_cf_dataset(run: str | Path, cf_ds: Dataset, ds: Dataset) -> None:
+    """A CF run (trained on ``cf_ds``) used with ``ds`` must come from the same dataset: the same
+    name and domain, and the same id ranges (its embedding tables have one row per id)."""
+    for key in _IDENTITY:
+        theirs, ours = cf_ds.meta.get(key), ds.meta.get(key)
+        if theirs != ours:
+            raise CoraError(f"{run}: CF run of another dataset: its {key} is {theirs!r} ({cf_ds.root}), "
+                            f"this dataset's is {ours!r} ({ds.root})")
 
 
 def _final_metrics(out: Path, cfg: CFConfig, ds: Dataset) -> dict:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cora.data.store import write_dataset
 from cora.errors import CoraError
-from cora.io import sha256_file
+from cora.io import open_zip, sha256_file
 
 REQUIRED = {"train": "train_ood2.pkl", "valid": "valid_ood2.pkl", "test": "test_ood2.pkl"}
 OPTIONAL = {"valid_small": "valid_small_ood2.pkl"}
@@ -31,11 +31,8 @@ def _locate(src: Path) -> dict[str, tuple[str, callable]]:
             if p.name in wanted and p.name not in found:
                 found[p.name] = (str(p), p.read_bytes)
     elif src.is_file():
-        try:
-            zf = zipfile.ZipFile(src)
-            names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CoraError(f"{src}: not a readable zip file ({e}); is the download truncated?") from None
+        zf = open_zip(src)
+        names = zf.namelist()
         for n in names:
             base = n.rsplit("/", 1)[-1]
             if base in wanted and base not in found:

@@ -30,6 +30,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from cora.data.interactions import (build_table, make_splits, order_events, parse_split_dates, sample_split,
+                                    tie_order)
 from cora.data.store import write_dataset
 from cora.errors import CoraError
 from cora.io import sha256_file
@@ -39,17 +41,11 @@ MOVIES_FILE = "movies.dat"
 ENCODING = "iso-8859-1"
 SEPARATOR = "::"
 
-# Month index 0 = April 2000, the first month of ML-1M, as in CoLLM's notebook.
-FIRST_MONTH = np.datetime64("2000-04", "M")
-TRAIN_FLAG, VALID_FLAG, TEST_FLAG = -1, 0, 1
-SPLIT_MONTHS = {  # inclusive month-index ranges
-    TRAIN_FLAG: (14, 23),  # June 2001 - March 2002
-    VALID_FLAG: (24, 28),  # April 2002 - August 2002
-    TEST_FLAG: (29, 33),  # September 2002 - January 2003
-}
-SPLIT_NAMES = {TRAIN_FLAG: "train", VALID_FLAG: "valid", TEST_FLAG: "test"}
-SPLIT_WINDOWS = {TRAIN_FLAG: "June 2001-March 2002", VALID_FLAG: "April-August 2002",
-                 TEST_FLAG: "September 2002-January 2003"}
+# CoLLM's calendar months (month index 14-23 / 24-28 / 29-33 from April 2000) as UTC bounds:
+# train = June 2001-March 2002, valid = April-August 2002, test = September 2002-January 2003.
+SPLIT_DATES = ("2001-06-01", "2002-04-01", "2002-09-01", "2003-02-01")
+SPLIT_WINDOWS = {"train": "June 2001-March 2002", "valid": "April-August 2002",
+                 "test": "September 2002-January 2003"}
 POSITIVE_RATING = 4
 VALID_SMALL_FRACTION = 0.5
 VALID_SMALL_SEED = 2023
@@ -185,84 +181,33 @@ def _read_movies(f: RawFile) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- protocol
 def _join_titles(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
-    """Inner-join ratings with titles, in the row order CoLLM's merge produced (see module doc)."""
-    # Explicit sort keys, so the order does not hang on how this pandas version orders a merge.
-    keyed = ratings.assign(file_pos=np.arange(len(ratings)), movie_rank=pd.factorize(ratings["iid"])[0])
-    joined = keyed.merge(movies, on="iid", how="inner")
-    return joined.sort_values(["movie_rank", "file_pos"], kind="stable").drop(columns=["movie_rank", "file_pos"])
+    """Inner-join ratings with titles, in the row order CoLLM's merge produced (see module doc).
 
-
-def _split_flags(timestamps: pd.Series) -> np.ndarray:
-    """Flag each rating train / valid / test by its UTC calendar month, or NaN to drop it."""
-    months = timestamps.to_numpy(dtype="int64").astype("datetime64[s]").astype("datetime64[M]")
-    index = (months - FIRST_MONTH).astype("int64")
-    flags = np.full(len(index), np.nan)
-    for flag, (lo, hi) in SPLIT_MONTHS.items():
-        flags[(index >= lo) & (index <= hi)] = flag
-    return flags
-
-
-def _order_events(joined: pd.DataFrame) -> pd.DataFrame:
-    """Keep the three windows and order rows per user by time, as CoLLM's concat + sort did."""
-    joined = joined.assign(flag=_split_flags(joined["timestamp"]))
-    kept = joined[joined["flag"].notna()]
-    # Their frame was concat(train, valid, test) before a stable (uid, timestamp) sort.
-    parts = [kept[kept["flag"] == f] for f in (TRAIN_FLAG, VALID_FLAG, TEST_FLAG)]
-    data = pd.concat(parts, ignore_index=True)
-    data = data.sort_values(["uid", "timestamp"], kind="stable").reset_index(drop=True)
-    data["label"] = (data["rating"] >= POSITIVE_RATING).astype("int64")
-    return data
-
-
-def _histories(data: pd.DataFrame, items: np.ndarray) -> tuple[list[list[int]], list[list[str]]]:
-    """Per row: [0] + the user's earlier positive items (any split), and their titles after ''.
-
-    ``data`` is sorted by user then time, so each user's positives are one contiguous run of
-    the positives array; a row's history is that run cut at the positives seen before it.
+    Columns user, item, rating, timestamp, title: the events of the shared protocol.
     """
-    label = data["label"].to_numpy()
-    positive = label == 1
-    pos_items = items[positive]
-    pos_titles = data["title"].to_numpy(dtype=object)[positive]
-    end = np.cumsum(label) - label  # positives in all earlier rows
-    start = pd.Series(end).groupby(data["uid"].to_numpy()).transform("first").to_numpy()
-    his = [[0] + pos_items[s:e].tolist() for s, e in zip(start, end)]
-    his_title = [[""] + pos_titles[s:e].tolist() for s, e in zip(start, end)]
-    return his, his_title
+    # A map, not a merge, so the row order does not hang on how this pandas version orders a merge.
+    title = ratings["iid"].map(movies.set_index("iid")["title"])
+    events = ratings.assign(title=title)[title.notna()].rename(columns={"uid": "user", "iid": "item"})
+    return tie_order(events)
 
 
-def _build_table(data: pd.DataFrame) -> pd.DataFrame:
-    """Re-index users and items 1..N by first appearance, add histories and not_cold."""
-    uid = pd.factorize(data["uid"])[0] + 1
-    iid = pd.factorize(data["iid"])[0] + 1
-    his, his_title = _histories(data, iid)
-    table = pd.DataFrame({
-        "uid": uid, "iid": iid, "label": data["label"].to_numpy(), "timestamp": data["timestamp"].to_numpy(),
-        "his": his, "his_title": his_title, "title": data["title"].to_numpy(dtype=object),
-        "flag": data["flag"].to_numpy(),
-    })
-    train = table["flag"] == TRAIN_FLAG
-    warm = np.isin(uid, uid[train]) & np.isin(iid, iid[train])
-    table["not_cold"] = warm.astype("int64")
-    return table
+def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> dict[str, pd.DataFrame]:
+    """The shared protocol (cora.data.interactions): windows, (uid, time) order, histories, ids."""
+    events = joined.assign(label=(joined["rating"] >= POSITIVE_RATING).astype("int64"))
+    table, _, _ = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))
 
+    def empty(split: str, valid_rows: int) -> str:
+        if split == "valid_small":
+            return f"{ratings_label}: too few validation ratings ({valid_rows}) for valid_small"
+        return (f"{ratings_label}: no ratings fall in the {split} window ({SPLIT_WINDOWS[split]}, UTC); "
+                "is this the ML-1M ratings file?")
 
-def _splits(table: pd.DataFrame, ratings_label: str) -> dict[str, pd.DataFrame]:
-    # Each split keeps its row numbers in the combined table, as CoLLM's pickles do.
-    splits = {SPLIT_NAMES[f]: table[table["flag"] == f].drop(columns="flag") for f in SPLIT_NAMES}
-    for flag, name in SPLIT_NAMES.items():
-        if splits[name].empty:
-            raise CoraError(f"{ratings_label}: no ratings fall in the {name} window ({SPLIT_WINDOWS[flag]}, UTC); "
-                            "is this the ML-1M ratings file?")
-    splits["valid_small"] = sample_valid_small(splits["valid"])
-    if splits["valid_small"].empty:
-        raise CoraError(f"{ratings_label}: too few validation ratings ({len(splits['valid'])}) for valid_small")
-    return splits
+    return make_splits(table, frac=VALID_SMALL_FRACTION, seed=VALID_SMALL_SEED, empty=empty)
 
 
 def sample_valid_small(valid: pd.DataFrame) -> pd.DataFrame:
     """CoLLM's model-selection split: a 50 % positional sample of valid with seed 2023."""
-    return valid.sample(frac=VALID_SMALL_FRACTION, random_state=VALID_SMALL_SEED)
+    return sample_split(valid, VALID_SMALL_FRACTION, VALID_SMALL_SEED)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -282,8 +227,7 @@ def prepare_movielens(raw: str | Path, out: str | Path, *, overwrite: bool = Fal
     ratings, ratings_sha = _read_ratings(ratings_file)
     movies = _read_movies(files[MOVIES_FILE])
     joined = _join_titles(ratings, movies)
-    table = _build_table(_order_events(joined))
-    splits = _splits(table, ratings_file.label)
+    splits = _protocol_splits(joined, ratings_file.label)
     source = {
         "path": str(raw.resolve()),
         "format": "grouplens-ml-1m",

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cora.data.schema import SPLITS, validate_table
+from cora.data.schema import COLUMNS, SPLITS, validate_table
 from cora.errors import CoraError
-from cora.io import atomic_dir, read_json, write_json
+from cora.io import atomic_dir, read_json, read_parquet, write_json
 
 DOMAINS = {"movielens": "movies", "ml-1m": "movies", "amazon-book": "books"}
+META_FIELDS = {"name": str, "domain": str, "n_users": int, "n_items": int, "users_seen": int, "items_seen": int,
+               "splits": dict}  # what readers of meta.json (and `cora data info`) use
 
 
 def split_stats(df: pd.DataFrame) -> dict:
@@ -82,9 +84,14 @@ class Dataset:
         if name not in SPLITS:
             raise CoraError(f"unknown split '{name}' (choose from {', '.join(SPLITS)})")
         path = self.root / f"{name}.parquet"
-        if not path.exists():
-            raise CoraError(f"{path}: split file not found")
-        df = pd.read_parquet(path)
+        df = read_parquet(path, f"'{name}' split file", columns=COLUMNS)
+        # Embedding tables have n_users / n_items rows (meta.json): a larger id would fail deep in torch.
+        for col, n in (("uid", self.n_users), ("iid", self.n_items)):
+            if not pd.api.types.is_integer_dtype(df[col]):
+                raise CoraError(f"{path}: column '{col}' holds {df[col].dtype} values, expected integer ids")
+            if len(df) and not 0 < int(df[col].min()) <= int(df[col].max()) < n:
+                raise CoraError(f"{path}: '{col}' ids run from {df[col].min()} to {df[col].max()}, outside 1..{n - 1} "
+                                f"of {self.root / 'meta.json'} (a file of another dataset?)")
         # Parquet gives numpy arrays for list columns; the rest of the code expects lists.
         df["his"] = df["his"].map(list)
         df["his_title"] = df["his_title"].map(list)
@@ -104,4 +111,10 @@ def load_dataset(root: str | Path) -> Dataset:
     meta_path = root / "meta.json"
     if not meta_path.exists():
         raise CoraError(f"{root}: not a cora dataset folder (no meta.json); create one with 'cora data import-collm' or 'cora data prepare'")
-    return Dataset(root=root, meta=read_json(meta_path))
+    meta = read_json(meta_path, "dataset meta file", mapping=True)
+    # Checked here so that a hand-edited or foreign meta.json is one line, not a KeyError later.
+    for key, kind in META_FIELDS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CoraError(f"{meta_path}: field '{key}' is missing or not a "
+                            f"{ {str: 'string', int: 'whole number', dict: 'mapping'}[kind]}")
+    return Dataset(root=root, meta=meta)

@@ -2,7 +2,9 @@
 
 Each function takes rows as produced by :func:`cora.eval.report.report_rows` (plus the row
 fields an experiment adds: ``label``, ``no_titles``, ``modules``), writes one PNG atomically and
-returns the matplotlib Figure so callers (and tests) can inspect the bars.
+returns the matplotlib Figure so callers (and tests) can inspect the bars. Rows that carry
+``<metric>_ci95`` intervals (:func:`cora.eval.report.add_intervals`) get them as error bars: the
+95 % interval of the user-level bootstrap, which need not be symmetric around the bar.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
 
 from cora.io import atomic_path  # noqa: E402
 
@@ -23,26 +26,50 @@ def _save(fig, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]]) -> None:
+def _yerr(values: list[float | None], intervals: list[list[float] | None] | None) -> np.ndarray | None:
+    """Asymmetric error bars (2, n) from [low, high] intervals; a missing one draws none."""
+    if intervals is None or all(ci is None for ci in intervals):
+        return None
+    err = np.zeros((2, len(values)))
+    for j, (v, ci) in enumerate(zip(values, intervals)):
+        if v is not None and ci is not None and None not in ci:
+            # A percentile interval can sit slightly beside the full-sample value: clip at 0.
+            err[:, j] = max(v - ci[0], 0.0), max(ci[1] - v, 0.0)
+    return err
+
+
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
+                  intervals: dict[str, list[list[float] | None]] | None = None) -> None:
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
+    intervals = intervals or {}
+    whiskers = False
     for k, (name, values) in enumerate(series.items()):
         heights = [np.nan if v is None else v for v in values]
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=name)
+        yerr = _yerr(values, intervals.get(name))
+        whiskers |= yerr is not None
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=yerr,
+                      capsize=3 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     finite = [v for vs in series.values() for v in vs if v is not None]
+    finite += [b for cis in intervals.values() for ci in cis if ci for b in ci if b is not None]
     if finite:
         ax.set_ylim(min(0.45, min(finite) - 0.02), max(finite) + 0.04)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="whiskers: 95 % user bootstrap" if whiskers else None, title_fontsize=7)
+
+
+def _ci(rows: list[dict], metric: str) -> list[list[float] | None]:
+    return [r.get(f"{metric}_ci95") for r in rows]
 
 
 def warm_cold_plot(rows: list[dict], path: str | Path, title: str = "Warm vs cold (Fig. 5)"):
     """Per method: AUC on warm rows (user and item seen in train) next to AUC on cold rows."""
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
     _grouped_bars(ax, [r["method"] for r in rows],
-                  {"warm AUC": [r["warm_auc"] for r in rows], "cold AUC": [r["cold_auc"] for r in rows]})
+                  {"warm AUC": [r["warm_auc"] for r in rows], "cold AUC": [r["cold_auc"] for r in rows]},
+                  {"warm AUC": _ci(rows, "warm_auc"), "cold AUC": _ci(rows, "cold_auc")})
     ax.set_ylabel("AUC")
     ax.set_title(title)
     _save(fig, path)
@@ -52,10 +79,11 @@ def warm_cold_plot(rows: list[dict], path: str | Path, title: str = "Warm vs col
 def text_vs_id_plot(rows: list[dict], path: str | Path, title: str = "Text vs ID-only prompts (Fig. 6)"):
     """Methods run twice, with history titles in the prompt and without (``no_titles``)."""
     labels = list(dict.fromkeys(r.get("label", r["method"]) for r in rows))
-    value = {(r.get("label", r["method"]), bool(r.get("no_titles"))): r["auc"] for r in rows}
+    by = {(r.get("label", r["method"]), bool(r.get("no_titles"))): r for r in rows}
+    pick = lambda key, field: [(by.get((lab, key)) or {}).get(field) for lab in labels]  # noqa: E731
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
-    _grouped_bars(ax, labels, {"with titles": [value.get((lab, False)) for lab in labels],
-                               "ID-only": [value.get((lab, True)) for lab in labels]})
+    _grouped_bars(ax, labels, {"with titles": pick(False, "auc"), "ID-only": pick(True, "auc")},
+                  {"with titles": pick(False, "auc_ci95"), "ID-only": pick(True, "auc_ci95")})
     ax.set_ylabel("AUC")
     ax.set_title(title)
     _save(fig, path)
@@ -66,15 +94,49 @@ def modules_plot(rows: list[dict], path: str | Path, title: str = "Adapted modul
     """One method with different adapted-module sets (qkvof, qkvo, ...): AUC and UAUC."""
     names = [str(r.get("modules", r["method"])) for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-    _grouped_bars(ax, names, {"AUC": [r["auc"] for r in rows], "UAUC": [r["uauc"] for r in rows]})
+    _grouped_bars(ax, names, {"AUC": [r["auc"] for r in rows], "UAUC": [r["uauc"] for r in rows]},
+                  {"AUC": _ci(rows, "auc"), "UAUC": _ci(rows, "uauc")})
     ax.set_title(title)
     _save(fig, path)
     return fig
 
 
-PLOTS = {"warm_cold": warm_cold_plot, "text_vs_id": text_vs_id_plot, "modules": modules_plot}
+def valid_curves_plot(rows: list[dict], path: str | Path, title: str = "Validation AUC vs training step"):
+    """One line per row with a ``curve`` (:func:`cora.eval.curves.run_curve`): valid AUC at every
+    validation, stage boundaries of staged methods dotted. Rows still training are drawn too."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        c = r.get("curve") or {}
+        if c.get("steps"):
+            (line,) = ax.plot(c["steps"], c["valid"], marker="o", ms=3, lw=1.2, label=r.get("label", r["method"]))
+            for step, _ in c.get("stage_starts", [])[1:]:
+                ax.axvline(step, color=line.get_color(), lw=0.6, ls=":")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("valid AUC")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    return fig
+
+
+PLOTS = {"warm_cold": warm_cold_plot, "text_vs_id": text_vs_id_plot, "modules": modules_plot,
+         "valid_curves": valid_curves_plot}
+# Plots drawn from every row with a training log, finished or not (the others need test metrics).
+TRAINING_PLOTS = {"valid_curves"}
 
 
 def bar_count(fig) -> int:
     """Number of drawn bars (NaN bars for missing values included): what tests check."""
-    return sum(len(c.patches) for ax in fig.axes for c in ax.containers)
+    return sum(len(c.patches) for ax in fig.axes for c in ax.containers if isinstance(c, BarContainer))
+
+
+def error_bars(fig) -> list[tuple[float, float]]:
+    """(low, high) of every drawn error bar, series by series: what tests check."""
+    out = []
+    for ax in fig.axes:
+        for c in ax.containers:
+            if isinstance(c, BarContainer) and c.errorbar is not None:
+                segments = c.errorbar.lines[2][0].get_segments()
+                out += [(float(s[0][1]), float(s[1][1])) for s in segments if len(s) == 2]
+    return out

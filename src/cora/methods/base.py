@@ -8,6 +8,7 @@ A method says what is trainable and how a batch becomes logits; the one training
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 from cora.cf.data import pad_histories
 from cora.config import LLMConfig
 from cora.data.prompts import build_prompt
+from cora.io import check_tensors
 from cora.llm.backbone import Backbone
 from cora.llm.scoring import yes_logits
 from cora.llm.tokenize import left_pad, tokenize_prompts
@@ -152,17 +154,16 @@ class LLMMethod(nn.Module):
         state["logit_offset"] = self.logit_offset.detach().clone()
         return state
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
+        """Load tensors saved by :meth:`trainable_state_dict`; names and shapes must match this
+        method exactly (else one line naming ``source`` and the first tensor that differs)."""
         state = dict(state)
-        if "logit_offset" in state:
-            self.logit_offset.copy_(state.pop("logit_offset"))
+        offset = state.pop("logit_offset", None)
         params = dict(self.named_parameters())
-        expected = {n for n, p in params.items() if p.requires_grad}
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            from cora.errors import CoraError
-
-            raise CoraError(f"checkpoint does not match the method: missing {missing[:3]}, unexpected {extra[:3]}")
+        expected = {n: tuple(p.shape) for n, p in params.items() if p.requires_grad}
+        check_tensors(source, state, expected, f"method '{self.name}' with these settings")
+        if offset is not None:
+            self.logit_offset.copy_(offset)
         with torch.no_grad():
             for n, t in state.items():
                 params[n].copy_(t)

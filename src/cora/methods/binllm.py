@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cora.cf.data import pad_histories
+from cora.cf.data import cf_embeddings
 from cora.config import LLMConfig
 from cora.data.prompts import build_prompt
 from cora.data.store import load_dataset
 from cora.errors import CoraError
+from cora.io import check_tensors
 from cora.llm.backbone import Backbone
 from cora.methods.base import LLMMethod
 from cora.methods.collm import COLLM_TEMPLATE
@@ -92,24 +93,6 @@ class Binariser(nn.Module):
     def codes(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(user bits, item bits), uint8 0/1 of shape (n, n_bits)."""
         return (self.user(user_emb) >= 0).to(torch.uint8), (self.item(item_emb) >= 0).to(torch.uint8)
-
-
-@torch.no_grad()
-def cf_embeddings(cf_model: nn.Module, df: pd.DataFrame, batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen CF model's (user, item) vectors of every row of ``df`` (SASRec: per row, from the
-    row's history), fp32 on the CPU."""
-    device = next(cf_model.parameters()).device
-    uid = torch.tensor(df["uid"].to_numpy(), dtype=torch.long)
-    iid = torch.tensor(df["iid"].to_numpy(), dtype=torch.long)
-    his = pad_histories(df["his"], cf_model.max_len) if getattr(cf_model, "uses_history", False) else None
-    users, items = [], []
-    for s in range(0, len(df), batch):
-        b = {"uid": uid[s:s + batch].to(device), "iid": iid[s:s + batch].to(device)}
-        if his is not None:
-            b["his"] = his[s:s + batch].to(device)
-        users.append(cf_model.user_embedding(b).float().cpu())
-        items.append(cf_model.item_embedding(b["iid"]).float().cpu())
-    return torch.cat(users), torch.cat(items)
 
 
 def fit_binariser(cf_model: nn.Module, train_df: pd.DataFrame, n_bits: int, seed: int = 0,
@@ -188,10 +171,12 @@ class BinLLM(WithLoRA, LLMMethod):
             state.update({f"binariser.{k}": v.detach() for k, v in self.binariser.state_dict().items()})
         return state
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source="checkpoint") -> None:
         state = dict(state)
         mine = {k.removeprefix("binariser."): state.pop(k) for k in list(state) if k.startswith("binariser.")}
-        super().load_trainable_state_dict(state)
+        super().load_trainable_state_dict(state, source)
         if mine:
+            expected = {k: tuple(v.shape) for k, v in self.binariser.state_dict().items()}
+            check_tensors(source, mine, expected, f"BinLLM's binariser with {self.cfg.binllm_bits} bits")
             self.binariser.load_state_dict(mine)
             self.binariser_ready = True

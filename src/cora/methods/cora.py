@@ -9,12 +9,18 @@ frozen LLM). Frozen: the LLM and the CF model. The prompt is the plain text prom
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from cora.cf.data import cf_embeddings
 from cora.config import LLMConfig
+from cora.errors import CoraError
 from cora.llm.backbone import Backbone
 from cora.llm.lowrank import CollaborativeAdapter
 from cora.methods.base import LLMMethod
 from cora.methods.generator import CollaborativeQueryGenerator
+
+
+INPUT_NORMS = ("none", "zscore", "layernorm")
 
 
 class CoRA(LLMMethod):
@@ -23,12 +29,16 @@ class CoRA(LLMMethod):
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model):
         super().__init__(backbone, cfg, cf_model)
+        if cfg.input_norm not in INPUT_NORMS:
+            raise CoraError(f"input_norm '{cfg.input_norm}': choose from {', '.join(INPUT_NORMS)}")
         self.adapter = CollaborativeAdapter(self.llm, cfg.modules, cfg.rank, cfg.alpha, cfg.lora_dropout)
         layers, ffn = cfg.generator_size(backbone.d_model)
         self.generator = CollaborativeQueryGenerator(
             input_dim=2 * cf_model.dim, widths=self.adapter.input_widths, rank=cfg.rank,
             hidden=2 * cf_model.dim, n_queries=cfg.gen_queries, n_layers=layers, n_heads=cfg.gen_heads,
             ffn=ffn, dropout=cfg.gen_dropout)
+        if cfg.input_norm == "zscore":
+            self._fit_input_stats()
 
     def train(self, mode: bool = True):
         super().train(mode)  # puts the frozen LLM, and so the wrapped modules, in eval mode
@@ -37,9 +47,29 @@ class CoRA(LLMMethod):
 
     def pair_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():  # the CF model is frozen: no graph through it
-            user = self.cf.user_embedding(batch)
-            item = self.cf.item_embedding(batch["iid"])
-        return torch.cat([user, item], dim=-1).float()
+            user = self.cf.user_embedding(batch).float()
+            item = self.cf.item_embedding(batch["iid"]).float()
+        # Opt-in, not in the paper (README "Deviations"; scripts/generator_sensitivity.py): the
+        # generator sees e only through one cross-attention value added to LayerNormed queries,
+        # so e's spread decides how much the pair moves A. At init, A varies over pairs ~3x less
+        # with LightGCN's vectors than with MF's (smaller, and half their norm a shared mean).
+        if self.cfg.input_norm == "zscore":  # per dimension, with the training pairs' statistics
+            return (torch.cat([user, item], dim=-1) - self.input_mean) / self.input_std
+        if self.cfg.input_norm == "layernorm":  # per vector
+            user = F.layer_norm(user, user.shape[-1:])
+            item = F.layer_norm(item, item.shape[-1:])
+        return torch.cat([user, item], dim=-1)
+
+    def _fit_input_stats(self) -> None:
+        """Mean and std of every dimension of e over the dataset's training rows: deterministic
+        (a frozen CF model, all rows), so a loaded run recomputes exactly what it trained with."""
+        from cora.data.store import load_dataset
+
+        user, item = cf_embeddings(self.cf, load_dataset(self.cfg.data).split("train"))
+        e = torch.cat([user, item], dim=-1)
+        device = next(self.generator.parameters()).device
+        self.register_buffer("input_mean", e.mean(0).to(device), persistent=False)
+        self.register_buffer("input_std", e.std(0).clamp_min(1e-6).to(device), persistent=False)
 
     def collaborative_weights(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         return self.generator(self.pair_embedding(batch))

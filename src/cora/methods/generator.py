@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cora.errors import CoraError
+
 
 class QFormerBlock(nn.Module):
     def __init__(self, hidden: int, heads: int, ffn: int, kv_dim: int, dropout: float):
@@ -39,6 +41,8 @@ class CollaborativeQueryGenerator(nn.Module):
     def __init__(self, input_dim: int, widths: list[int], rank: int = 16, hidden: int = 512, n_queries: int = 4,
                  n_layers: int = 8, n_heads: int = 8, ffn: int = 3072, dropout: float = 0.1):
         super().__init__()
+        if hidden % n_heads:  # torch's attention would fail with an assertion deep inside
+            raise CoraError(f"gen_heads {n_heads} must divide the generator width {hidden} (2 x the CF run's dim)")
         self.rank, self.widths = rank, list(widths)
         self.queries = nn.Parameter(torch.randn(1, n_queries, hidden) * 0.02)
         self.query_norm = nn.LayerNorm(hidden, eps=1e-12)

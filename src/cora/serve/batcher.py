@@ -13,6 +13,13 @@ grow without bound. A request that would overflow the batch being collected is c
 the next batch (so at most one request waits outside the queue). A request larger than
 ``max_batch`` is scored alone, in forward passes of ``max_batch`` pairs (the score function's
 batch size).
+
+Shutdown is explicit, so no caller is left waiting on a future nobody will resolve:
+:meth:`close` refuses new requests (:class:`ShuttingDown`: the app answers 503);
+:meth:`drain` lets the queued ones be scored for up to a grace period and then rejects the rest
+with :class:`ShuttingDown`; :meth:`stop` (the app's lifespan end) rejects whatever is still held,
+the batch in the model included, and stops the worker. A forward pass already running in the
+executor thread cannot be interrupted; its callers are answered (or rejected by ``stop``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ class QueueFull(Exception):
     """The request queue is full: the caller should retry later."""
 
 
+class ShuttingDown(Exception):
+    """The service is stopping: this request will not be scored here (retry on another instance)."""
+
+
 class MicroBatcher:
     def __init__(self, score_fn: ScoreFn, max_batch: int = 32, max_wait_ms: float = 10.0, queue_size: int = 256):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
@@ -40,6 +51,10 @@ class MicroBatcher:
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.closing = False  # no new requests (close)
+        self._rejecting = False  # held requests are answered with ShuttingDown, not scored (drain's end, stop)
+        self._pending = 0  # submitted requests whose future is not resolved yet
+        self._idle: asyncio.Event | None = None  # set while _pending == 0
 
     # ---------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -47,21 +62,50 @@ class MicroBatcher:
         self.queue = asyncio.Queue(maxsize=self.queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cora-model")
         self._task = asyncio.create_task(self._run(), name="cora-batcher")
+        self.closing = self._rejecting = False
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def close(self) -> None:
+        """Refuse new requests from now on (:meth:`submit` raises :class:`ShuttingDown`)."""
+        self.closing = True
+
+    async def drain(self, grace_s: float) -> int:
+        """Close, give the requests already submitted up to ``grace_s`` seconds to be scored, then
+        reject those still waiting with :class:`ShuttingDown`. Returns how many were rejected."""
+        self.close()
+        if self._idle is None:
+            return 0
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(grace_s, 0.0))
+            return 0
+        except asyncio.TimeoutError:
+            return self._reject_waiting()
 
     async def stop(self) -> None:
+        """Reject everything still held (queued, being collected, in the model) and stop the worker."""
+        self.close()
+        self._rejecting = True
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self.queue is not None and not self.queue.empty():
-            _, fut = self.queue.get_nowait()
-            if not fut.done():
-                fut.cancel()
+        self._reject_waiting()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._task = self._executor = None
+
+    def _reject_waiting(self) -> int:
+        """Reject every queued request; the worker rejects the ones it holds (it checks ``_rejecting``)."""
+        self._rejecting = True
+        n = 0
+        while self.queue is not None and not self.queue.empty():
+            _, fut = self.queue.get_nowait()
+            n += _reject(fut)
+        return n
 
     @property
     def waiting(self) -> int:
@@ -70,6 +114,8 @@ class MicroBatcher:
     # ---------------------------------------------------------------- requests
     async def submit(self, pairs: list[tuple[int, int]]) -> np.ndarray:
         """Scores of ``pairs`` (in order), once the batch holding them has run."""
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
         if self.queue is None or self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running (start it in the app's lifespan)")
         fut = asyncio.get_running_loop().create_future()
@@ -78,7 +124,15 @@ class MicroBatcher:
         except asyncio.QueueFull:
             self.stats["rejected"] += 1
             raise QueueFull(f"{self.queue_size} requests already waiting") from None
+        self._pending += 1
+        self._idle.clear()
+        fut.add_done_callback(self._resolved)
         return await fut
+
+    def _resolved(self, _fut) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
 
     async def _collect(self, first) -> tuple[list, object]:
         """``first`` plus whatever arrives within ``max_wait`` up to ``max_batch`` pairs; returns
@@ -112,6 +166,10 @@ class MicroBatcher:
                 carry = None
                 batch, carry = await self._collect(first)
                 batch = [(pairs, fut) for pairs, fut in batch if not fut.done()]  # callers that gave up
+                if self._rejecting:  # shutting down: answer now rather than after a forward pass
+                    for _, fut in batch + ([carry] if carry is not None else []):
+                        _reject(fut)
+                    batch, carry = [], None
                 if not batch:
                     continue
                 pairs = [p for ps, _ in batch for p in ps]
@@ -130,7 +188,15 @@ class MicroBatcher:
                     if not fut.done():
                         fut.set_result(np.asarray(scores[start:start + len(ps)]))
                     start += len(ps)
-        finally:  # stopped: nobody will answer the requests held here
+        finally:  # stopped: nobody else will answer the requests held here
             for _, fut in batch + ([carry] if carry is not None else []):
-                if not fut.done():
-                    fut.cancel()
+                _reject(fut)
+
+
+def _reject(fut: asyncio.Future) -> int:
+    """Answer a waiting caller with :class:`ShuttingDown` (not a cancellation, which would reach
+    the HTTP handler as a CancelledError and the client as a dropped connection or a 500)."""
+    if fut.done():
+        return 0
+    fut.set_exception(ShuttingDown("the server is shutting down; the request was not scored"))
+    return 1

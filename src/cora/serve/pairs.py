@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cora.errors import CoraError
-from cora.io import write_parquet
+from cora.io import read_csv, write_parquet
 
 COLUMNS = ("user", "item")
 
@@ -21,12 +21,7 @@ COLUMNS = ("user", "item")
 def read_pairs_csv(path: str | Path) -> list[tuple[int, int]]:
     """(user, item) id pairs from a CSV with columns ``user`` and ``item`` (others are ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise CoraError(f"{path}: pairs file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise CoraError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    df = read_csv(path, "pairs file", dtype=str, keep_default_na=False, skipinitialspace=True)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise CoraError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "

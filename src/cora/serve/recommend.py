@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from cora.cf.data import pad_histories
-from cora.cf.train import load_cf_run
+from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import LLMConfig
 from cora.data.store import Dataset
 from cora.errors import CoraError
@@ -86,8 +86,7 @@ class Recommender:
         cf_model = None
         if cf is not None:
             cf_model, _, cf_ds = load_cf_run(cf)
-            if cf_ds.name != ds.name or cf_model.n_users > ds.n_users or cf_model.n_items > ds.n_items:
-                raise CoraError(f"CF run {cf} was trained on '{cf_ds.name}', not on the run's dataset ('{ds.name}')")
+            check_cf_dataset(cf, cf_ds, ds)
         return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size)
 
     # ---------------------------------------------------------------- facts

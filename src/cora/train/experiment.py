@@ -18,12 +18,24 @@ Config (YAML)::
     llm: {backbone: smollm2-135m, max_steps: 600, ...}   # LLMConfig fields for every LLM row
     cf: {mf: {model: mf}, sasrec: {model: sasrec}}     # CF runs by key (CFConfig fields)
     plots: [warm_cold, text_vs_id, modules]
+    reference: CoRA-MF                         # optional: differences are to this row (default:
+                                               # the first CoRA row, else the first row)
     rows:
       - {name: MF, cf: mf}                              # a CF row: no method
       - {name: CoRA-MF, method: cora, cf: mf}           # an LLM row; any LLMConfig field may follow
       - {name: CoLLM-MF, method: collm, cf: mf, stage_from: {lora: TALLRec}}
         # stage_from: take a stage from an EARLIER row that trained exactly it (CoLLM's and
         # BinLLM's first stage is TALLRec) instead of training it again
+      - {name: CoRA-MF x3, method: cora, cf: mf, seeds: [1, 2, 3]}
+        # seeds (LLM rows): trained once per seed into <row>-seed<N>/ (the LLMConfig seed);
+        # reported as the mean over seeds with their standard deviation. With stage_from, a
+        # seeded row takes the donor run of the same seed, so the donor needs those seeds too
+        # (a stage is only taken from a run trained with the same settings, seed included).
+
+Results: results.md / results.json give every AUC / UAUC with the 95 % interval of a user-level
+paired bootstrap and each row's difference to the reference (cora.eval.bootstrap), and
+``predictions/<row>[-seed<N>].parquet`` holds each row's test predictions, from which
+``cora report --predictions <out>/predictions`` rebuilds the table without the run folders.
 """
 
 from __future__ import annotations
@@ -38,12 +50,16 @@ from rich.console import Console
 from cora.config import CFConfig, LLMConfig
 from cora.data.sampling import split_key
 from cora.errors import CoraError
-from cora.eval.plots import PLOTS
-from cora.eval.report import markdown_table, report_rows
-from cora.io import atomic_path, read_json, read_yaml_mapping, write_json
+from cora.eval.curves import run_curve
+from cora.eval.plots import PLOTS, TRAINING_PLOTS
+from cora.eval.bootstrap import COLUMNS
+from cora.eval.report import (add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
+                              seeded_row)
+from cora.io import atomic_path, read_json, read_yaml_mapping, write_json, write_parquet
+from cora.ranges import check_fields
 
 console = Console(stderr=True)
-ROW_KEYS = {"name", "cf", "method", "label", "stage_from"}
+ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds"}
 
 
 @dataclass
@@ -59,6 +75,10 @@ class Experiment:
     llm: dict = field(default_factory=dict)
     cf: dict = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+    # Where the CF runs live (default: `out`). Experiments on the same data may share them, so a
+    # SASRec that takes hours to pretrain is trained once for all of them.
+    cf_root: str | None = None
+    reference: str | None = None  # the row differences are taken to (default: the first CoRA row)
 
     @property
     def key(self) -> str:
@@ -79,14 +99,24 @@ class Experiment:
         return exp
 
     def validate(self, source: Path) -> None:
+        # Types and ranges of the top-level fields first (cora.ranges), so what follows may use them.
+        for k, v in check_fields("Experiment", vars(self), str(source)).items():
+            setattr(self, k, v)
         LLMConfig.from_dict(self.llm, source=f"{source}: llm")
         for key, spec in self.cf.items():
-            CFConfig.for_model(spec.get("model", key), **{k: v for k, v in spec.items() if k != "model"})
+            if not isinstance(spec, dict):
+                raise CoraError(f"{source}: cf.{key} must be a mapping of CF settings, e.g. {{model: mf}}")
+            CFConfig.for_model(spec.get("model", key), source=f"{source}: cf.{key}",
+                               **{k: v for k, v in spec.items() if k != "model"})
         names = set()
         for i, row in enumerate(self.rows):
             where = f"{source}: rows[{i}]"
+            if not isinstance(row, dict):
+                raise CoraError(f"{where}: a row must be a mapping, e.g. {{name: MF, cf: mf}} (got {row!r})")
             if "name" not in row:
                 raise CoraError(f"{where}: missing 'name'")
+            if not isinstance(row["name"], str):
+                raise CoraError(f"{where}: name must be a string (got {row['name']!r})")
             if row["name"] in names:
                 raise CoraError(f"{where}: duplicate row name '{row['name']}'")
             names.add(row["name"])
@@ -95,17 +125,44 @@ class Experiment:
             if "method" not in row and "cf" not in row:
                 raise CoraError(f"{where}: a row needs a 'method' (LLM row) or a 'cf' (CF row)")
             if "method" in row:
-                LLMConfig.from_dict(self._llm_fields(row), source=where)
+                self.llm_config(row, source=where)
             if not isinstance(row.get("stage_from") or {}, dict):
                 raise CoraError(f"{where}: stage_from must map a stage to an earlier row, e.g. {{lora: TALLRec}}")
             for stage, donor in (row.get("stage_from") or {}).items():
                 if donor not in names - {row["name"]} or "method" not in self._row(donor):
                     raise CoraError(f"{where}: stage_from {stage}: '{donor}' must be an LLM row listed before "
                                     f"'{row['name']}'")
+            self._check_seeds(row, where)
+        if self.reference is not None and self.reference not in names:
+            raise CoraError(f"{source}: reference '{self.reference}' is not a row name (rows: {', '.join(names)})")
         if self.test_per_user is not None and self.test_limit is None:
             raise CoraError(f"{source}: test_per_user goes with test_limit (it caps the rows per user of a sample)")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
+
+    def _check_seeds(self, row: dict, where: str) -> None:
+        """seeds: distinct integers on an LLM row; a stage comes from a donor run of the same seed
+        (reuse_stage compares the seed), so a seeded row's donor must list the row's seeds."""
+        seeds, donors = row.get("seeds"), row.get("stage_from") or {}
+        if seeds is None:
+            for stage, donor in donors.items():
+                if self._row(donor).get("seeds"):
+                    raise CoraError(f"{where}: stage_from {stage}: '{donor}' is trained once per seed; give "
+                                    f"'{row['name']}' seeds too (some of {self._row(donor)['seeds']})")
+            return
+        if "method" not in row:
+            raise CoraError(f"{where}: seeds are for LLM rows (a CF row is the CF run its LLM rows share; "
+                            "set its seed under 'cf')")
+        if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)):
+            raise CoraError(f"{where}: seeds must be a list of distinct integers, e.g. [1, 2, 3] (got {seeds!r})")
+        if "seed" in row:
+            raise CoraError(f"{where}: give seed or seeds, not both")
+        for stage, donor in donors.items():
+            have = self._row(donor).get("seeds") or [self.llm_config(self._row(donor), source=where).seed]
+            if lacking := [s for s in seeds if s not in have]:
+                raise CoraError(f"{where}: stage_from {stage}: '{donor}' has no run with seed {lacking[0]} "
+                                f"(its seeds: {have}); give '{donor}' seeds: {seeds} too")
 
     # ------------------------------------------------------------------ paths and configs
     def _row(self, name: str) -> dict:
@@ -117,7 +174,23 @@ class Experiment:
         return Path(self.out) / re.sub(r"[^A-Za-z0-9_.-]+", "-", row["name"]).strip("-").lower()
 
     def cf_dir(self, key: str) -> Path:
-        return Path(self.out) / f"cf-{key}"
+        return Path(self.cf_root or self.out) / f"cf-{key}"
+
+    def seed_dir(self, row: dict, seed: int | None) -> Path:
+        base = self.row_dir(row)
+        return base if seed is None else base.with_name(f"{base.name}-seed{seed}")
+
+    def seed_runs(self, row: dict) -> list[tuple[int | None, Path]]:
+        """(seed, run folder) of each training of the row: one unseeded, or one per seed."""
+        return [(s, self.seed_dir(row, s)) for s in (row.get("seeds") or [None])]
+
+    def llm_config(self, row: dict, source: str) -> LLMConfig:
+        """The row's LLMConfig: its fields over the experiment's ``llm`` block over the reference
+        settings of its method and CF model (LLM_DEFAULTS)."""
+        cf_model = None
+        if row.get("cf"):
+            cf_model = self.cf[row["cf"]].get("model", row["cf"])
+        return LLMConfig.for_method(self._llm_fields(row), cf_model=cf_model, source=source)
 
     def _llm_fields(self, row: dict) -> dict:
         d = {**self.llm, **{k: v for k, v in row.items() if k not in ROW_KEYS}}
@@ -150,14 +223,16 @@ def _run_cf(exp: Experiment, key: str) -> Path:
     return out
 
 
-def _run_llm(exp: Experiment, row: dict) -> Path:
+def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
     from cora.train.run import evaluate_run, train_run
 
-    out = exp.row_dir(row)
+    out = exp.seed_dir(row, seed)
     if row.get("cf"):
         _run_cf(exp, row["cf"])
-    cfg = LLMConfig.from_dict(exp._llm_fields(row), source=row["name"])
-    stage_from = {stage: exp.row_dir(exp._row(donor)) for stage, donor in (row.get("stage_from") or {}).items()}
+    cfg = exp.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"])
+    # A seeded donor gives the run of this seed (validate made sure it has it).
+    donors = {stage: exp._row(donor) for stage, donor in (row.get("stage_from") or {}).items()}
+    stage_from = {stage: exp.seed_dir(d, seed if d.get("seeds") else None) for stage, d in donors.items()}
     if not (out / "train_summary.json").exists():
         train_run(cfg, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
     metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
@@ -176,7 +251,11 @@ def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
             continue
         console.rule(f"[bold]{i + 1}/{len(exp.rows)}  {row['name']}")
         try:
-            _run_cf(exp, row["cf"]) if "method" not in row else _run_llm(exp, row)
+            if "method" not in row:
+                _run_cf(exp, row["cf"])
+            else:
+                for seed, _ in exp.seed_runs(row):
+                    _run_llm(exp, row, seed)
         except (CoraError, RuntimeError, ValueError) as e:  # one bad row must not cost the others
             failures[row["name"]] = f"{type(e).__name__}: {e}"
             console.print(f"[red]row '{row['name']}' failed:[/] {e}")
@@ -196,28 +275,76 @@ def _train_info(run: Path) -> dict:
     return {"epochs": metrics.get("epochs_run"), "train_time_s": metrics.get("wall_time_s")}
 
 
+def _finished_row(exp: Experiment, row: dict) -> dict | None:
+    """The row's result (a seeded row: mean over its seeds, per-seed rows under ``seeds``), or
+    None while one of its runs has no metrics for the experiment's test key."""
+    runs = exp.seed_runs(row)
+    try:
+        per_seed = [report_rows([run], exp.key)[0] for _, run in runs]
+    except CoraError:
+        return None
+    for (_, run), r in zip(runs, per_seed):
+        r.update(_train_info(run))
+    r = per_seed[0] if runs[0][0] is None else seeded_row(per_seed, [s for s, _ in runs])
+    if "seeds" in r:  # training cost of a seeded row: all its seeds
+        r["train_time_s"] = sum(p.get("train_time_s") or 0 for p in per_seed)
+    r.update(method=row["name"], kind=row.get("method", r["kind"]), label=row.get("label", row["name"]),
+             no_titles=bool(row.get("no_titles")), stage_from=row.get("stage_from", {}),
+             modules=row.get("modules", exp.llm.get("modules", "qkvo")))
+    return r
+
+
+def _row_predictions(exp: Experiment, r: dict) -> tuple[list, list[str]]:
+    """The row's test predictions, one frame per seed, and their files (for error messages)."""
+    runs = r["seeds"] if "seeds" in r else [r]
+    frames = [run_predictions(s["run"], exp.key, s["n"]) for s in runs]
+    return frames, [str(Path(s["run"]) / f"predictions-{exp.key}.parquet") for s in runs]
+
+
+def _copy_predictions(exp: Experiment, done: list[dict], frames: list[list]) -> None:
+    """<out>/predictions/<row>[-seed<N>].parquet: the results folder alone rebuilds the table
+    (`cora report --predictions`); the file's attrs keep the row's name, seed and position."""
+    folder, stems = Path(exp.out) / "predictions", set()
+    for order, (r, per_seed) in enumerate(zip(done, frames)):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", r["method"]).strip("-") or "row"
+        stem = stem if stem not in stems else f"{stem}-{order}"  # 'A B' and 'A-B' both map to 'A-B'
+        stems.add(stem)
+        for seed, df in zip([s["seed"] for s in r["seeds"]] if "seeds" in r else [None], per_seed):
+            copy = df[list(COLUMNS)].reset_index(drop=True)
+            copy.attrs = prediction_attrs(r, order, seed, exp.key)
+            write_parquet(folder / (stem + ("" if seed is None else f"-seed{seed}") + ".parquet"), copy)
+
+
 def write_results(exp: Experiment) -> dict:
-    """results.md (Table 3 layout + warm/cold), results.json and the configured plots, from the
-    rows that have finished; rows still missing are listed, not invented."""
+    """results.md (Table 3 layout + warm/cold, with 95 % intervals and differences to the
+    reference), results.json, predictions/ and the configured plots, from the rows that have
+    finished; rows still missing are listed, not invented."""
     done, missing = [], []
     for row in exp.rows:
-        run = exp.row_dir(row)
-        try:
-            r = report_rows([run], exp.key)[0]
-        except CoraError:
+        r = _finished_row(exp, row)
+        if r is None:
             missing.append(row["name"])
-            continue
-        r.update(method=row["name"], label=row.get("label", row["name"]), no_titles=bool(row.get("no_titles")),
-                 stage_from=row.get("stage_from", {}),
-                 modules=row.get("modules", exp.llm.get("modules", "qkvo")), **_train_info(run))
-        done.append(r)
+        else:
+            done.append(r)
+    # Outside the loop above: a finished row with a corrupt predictions file is an error, not "missing".
+    loaded = [_row_predictions(exp, r) for r in done]
+    frames = [f for f, _ in loaded]
+    reference = exp.reference if exp.reference in {r["method"] for r in done} else None
+    meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference) if done else None
+    if done:
+        _copy_predictions(exp, done, frames)
     out = Path(exp.out)
     lines = [f"# {exp.name}", "", f"- data: `{exp.data}`; test rows: `{exp.key}`",
              f"- backbone: `{exp.llm.get('backbone', 'smollm2-135m')}`", f"- budget: {exp.budget or 'n/a'}", ""]
-    lines.append(markdown_table(done, exp.key) if done else "_no finished rows yet_\n")
+    if exp.reference and reference is None:
+        lines += [f"Reference row {exp.reference} has not finished: differences are to "
+                  f"{meta['reference'] if meta else 'none'}.", ""]
+    lines.append(markdown_table(done, exp.key, meta) if done else "_no finished rows yet_\n")
     lines += ["", "| method | training | time (s) |", "|---|---|---:|"]
     for r in done:
         what = f"{r['steps']} steps" if r.get("steps") is not None else f"{r.get('epochs')} epochs"
+        if "seeds" in r:
+            what += f" x {len(r['seeds'])} seeds ({', '.join(str(s['seed']) for s in r['seeds'])})"
         # A stage taken from another row counts in both rows' steps and time: say so.
         what += "".join(f"; stage {stage} = {donor}'s" for stage, donor in r.get("stage_from", {}).items())
         lines.append(f"| {r['method']} | {what} | {r.get('train_time_s') or 0:.0f} |")
@@ -225,9 +352,18 @@ def write_results(exp: Experiment) -> dict:
         lines += ["", f"Not finished: {', '.join(missing)}"]
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    results = {"name": exp.name, "key": exp.key, "budget": exp.budget, "rows": done, "missing": missing}
+    # Valid-AUC curves of every LLM row that has trained at all (a row still training included).
+    training = [{"method": row["name"] + ("" if seed is None else f" seed {seed}"),
+                 "label": row.get("label", row["name"]) + ("" if seed is None else f" (seed {seed})"),
+                 "curve": run_curve(path)}
+                for row in exp.rows if "method" in row for seed, path in exp.seed_runs(row)]
+    curves = {r["method"]: r["curve"] for r in training}
+    results = {"name": exp.name, "key": exp.key, "budget": exp.budget, "bootstrap": meta, "rows": done,
+               "missing": missing, "curves": curves}
     write_json(out / "results.json", results)
     for plot in exp.plots:
-        if done:
+        if plot in TRAINING_PLOTS:
+            PLOTS[plot](training, out / f"{plot}.png")
+        elif done:
             PLOTS[plot](done, out / f"{plot}.png")
     return results

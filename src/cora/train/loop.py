@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -23,9 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cora.config import LLMConfig
 from cora.errors import CoraError
 from cora.eval.metrics import auc, uauc
-from cora.io import read_json, write_json
+from cora.io import is_no_space, kill_point, no_space_error, read_json, write_json
 from cora.methods.base import EncodedSplit, LLMMethod
-from cora.train.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from cora.train.checkpoint import (drop_checkpoint, has_checkpoint, load_checkpoint, prepare_resume, save_checkpoint,
+                                   save_tensors)
 from cora.train.sampling import EpochBatches
 from cora.train.schedule import warmup_cosine
 
@@ -60,6 +62,7 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
             logits = method(batch).float().cpu().tolist()
             scores.update(zip(rows, logits))
             progress.advance(task, len(rows))
+            kill_point("predict-batch")  # the kill -9 tests' mid-validation moment (cora.io.kill_point)
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -101,16 +104,28 @@ def calibrate_offset(method: LLMMethod, train: EncodedSplit, cfg: LLMConfig, acc
 
 
 def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMConfig, out: Path,
-        resume: bool = True, show_progress: bool = True) -> dict:
-    """Train ``method`` until ``max_steps`` or ``patience`` validations without improvement."""
+        resume: bool = True, show_progress: bool = True, keep_checkpoint: bool = False) -> dict:
+    """Train ``method`` until ``max_steps`` or ``patience`` validations without improvement.
+
+    ``out/checkpoint/`` (last state) is written at every validation and deleted when the run
+    finishes, unless ``keep_checkpoint``. Killed at any moment (kill -9 included) and resumed, the
+    run ends with the same tensors, log and summary figures as one that ran through."""
+    from accelerate import PartialState
+
     out = Path(out)
     summary_path = out / "train_summary.json"
+    ckpt = out / "checkpoint"
     if resume and summary_path.exists():
+        if not keep_checkpoint and PartialState().is_main_process:
+            drop_checkpoint(ckpt)  # killed between writing the summary and deleting it
         return read_json(summary_path)
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg)
     opt = _optimizer(method, cfg)
-    sched = warmup_cosine(opt, cfg.lr, cfg.warmup_start_lr, cfg.warmup_steps, cfg.min_lr, cfg.max_steps)
+    # The cosine spans lr_horizon (the reference's max_epoch x iters_per_epoch), not the steps this
+    # run may take: a run stopped early has trained at the reference's lr, not at a decayed one.
+    sched = warmup_cosine(opt, cfg.lr, cfg.warmup_start_lr, cfg.warmup_steps, cfg.min_lr,
+                          cfg.lr_horizon or cfg.max_steps)
     # No DataLoader: batches are collated from cached token ids on the fly, and a global batch of
     # batch_size * processes rows is cut into one slice per process, so N processes with batch b
     # see exactly the rows of one process with batch N*b, and a resumed run skips exactly the
@@ -123,25 +138,37 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     model, opt = acc.prepare(method, opt)
     unwrapped: LLMMethod = acc.unwrap_model(model)
 
-    step, best, bad, micro, elapsed_before = 0, {"score": -math.inf, "step": 0}, 0, 0, 0.0
-    ckpt = out / "checkpoint"
-    if resume and (ckpt / "state.pt").exists():
+    step, best, bad, micro, elapsed_before, log_bytes = 0, {"score": -math.inf, "step": 0}, 0, 0, 0.0, 0
+    if acc.is_main_process:
+        prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
+    acc.wait_for_everyone()
+    if resume and has_checkpoint(ckpt):
         trainable, state = load_checkpoint(ckpt)
         unwrapped.load_trainable_state_dict(trainable)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
         # Training time before the interruption (up to its last checkpoint), so a resumed run
         # reports the time it took in all, not only its last piece.
-        elapsed_before = state.get("elapsed_s", 0.0)
+        elapsed_before, log_bytes = state["elapsed_s"], state["log_bytes"]
     elif cfg.calibrate_logit:
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
-    log = open(out / "log.jsonl", "a")
+    log_path = out / "log.jsonl"
+    if acc.is_main_process and log_path.exists() and log_path.stat().st_size > log_bytes:
+        # Lines written after the checkpoint this run starts from (a kill between a validation's
+        # log line and its checkpoint, or before the first checkpoint) are about to be written
+        # again: drop them, or the log would hold them twice.
+        os.truncate(log_path, log_bytes)
+    log = open(log_path, "a")
     # t0 starts the training clock (time_s, wall_time_s), set back by the time trained before a
     # resume; `started` times this process alone, for its samples/s.
-    started, seen, stop_reason = time.time(), 0, "max_steps"
+    # A checkpoint written at the validation that ran out of patience (killed before the summary)
+    # resumes into a stopped run, not into more steps.
+    started, seen, stop_reason = time.time(), 0, "patience" if bad >= cfg.patience else "max_steps"
     t0 = started - elapsed_before
     running = []
 
@@ -177,6 +204,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                kill_point("step")  # the kill -9 tests' mid-training moment (cora.io.kill_point)
                 rate = seen / max(time.time() - started, 1e-9)
                 progress.update(task, completed=step, info=bar_info(np.mean(running[-20:]), rate))
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
@@ -195,8 +223,13 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     running = []
                     progress.update(task, info=bar_info(record["loss"], rate))  # the best may have changed
                     if acc.is_main_process:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
+                        try:
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                        except OSError as e:
+                            if is_no_space(e):
+                                raise no_space_error(log_path, "the last checkpoint is intact") from None
+                            raise
                         if show_progress and not progress.console.is_terminal:
                             # A bar is invisible in a log file: say each validation in one line.
                             progress.console.print(f"step {step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
@@ -204,8 +237,11 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                                                    f"@{best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
                         save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "step": step, "best": best, "bad": bad,
-                            "micro": micro, "elapsed_s": time.time() - t0})
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                            "step": step, "best": best, "bad": bad, "micro": micro, "elapsed_s": time.time() - t0,
+                            # The log as of this checkpoint (flushed above), for the truncate on resume.
+                            "log_bytes": os.fstat(log.fileno()).st_size})
                     acc.wait_for_everyone()
                     if bad >= cfg.patience:
                         stop_reason = "patience"
@@ -219,6 +255,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if acc.is_main_process:
         write_json(summary_path, summary)
+        if not keep_checkpoint:
+            drop_checkpoint(ckpt)
     return summary
 
 

@@ -3,7 +3,8 @@
 RUN/config.yaml            the resolved LLMConfig (rebuilds the run)
 RUN/model.safetensors      best trainable tensors only
 RUN/stage-<k>-<name>/      methods trained in stages (CoLLM, BinLLM): one loop folder per stage
-RUN/checkpoint/            last state for --resume
+RUN/checkpoint/            last state for --resume (cora.train.checkpoint); deleted when the run
+                           finishes unless --keep-checkpoint
 RUN/log.jsonl              one line per validation
 RUN/train_summary.json     steps, stop reason, wall time, samples/s, peak memory
 RUN/metrics.json           {split: {n, auc, uauc, uauc_users, warm, cold}}
@@ -20,12 +21,12 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from cora.cf.train import load_cf_run
+from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import LLMConfig
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import evaluate_predictions
-from cora.io import read_json, write_json, write_parquet
+from cora.io import read_json, read_yaml_mapping, removed_on_failure, write_json, write_parquet
 from cora.llm.backbone import load_backbone
 from cora.methods import LLMMethod, method_class
 from cora.train.checkpoint import load_tensors, save_tensors
@@ -42,8 +43,7 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
         if not cfg.cf:
             raise CoraError(f"method '{cfg.method}' needs a CF run: pass --cf RUN (train one with 'cora cf train')")
         cf_model, cf_cfg, cf_ds = load_cf_run(cfg.cf)
-        if cf_ds.n_users > ds.n_users or cf_ds.n_items > ds.n_items or cf_ds.name != ds.name:
-            raise CoraError(f"CF run {cfg.cf} was trained on '{cf_ds.name}', not on this dataset ('{ds.name}')")
+        check_cf_dataset(cfg.cf, cf_ds, ds)
     backbone = backbone or load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
@@ -66,19 +66,42 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
 
 
 def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
-              backbone=None, stage_from: dict[str, str | Path] | None = None) -> dict:
+              backbone=None, stage_from: dict[str, str | Path] | None = None, keep_checkpoint: bool = False) -> dict:
     """Train the method of ``cfg`` into the run folder ``out``. ``stage_from`` maps a stage name to
-    a finished run that already trained exactly that stage (see :func:`reuse_stage`)."""
+    a finished run that already trained exactly that stage (see :func:`reuse_stage`). A finished
+    run (and each finished stage) deletes its resume state ``checkpoint/`` unless ``keep_checkpoint``:
+    a run option, not a config field, so it never stops a run from resuming."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CoraError(f"{out}: exists and is not a folder (choose another --out)")
     # Under `accelerate launch` every process runs this; one of them opens the run folder. The
     # process group is set up here, with the CPU flag, before anything asks who is main.
     acc = make_accelerator(cfg)
+    # A run that fails before its first checkpoint (bad data, a bad stage donor, a batch that
+    # cannot run) leaves nothing in --out; one that fails later keeps it for --resume.
+    with removed_on_failure(out, keep=_has_progress, enabled=acc.is_main_process):
+        return _train_run(cfg, out, acc, resume, show_progress, backbone, stage_from, keep_checkpoint)
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether ``out`` holds anything a --resume would start from (a checkpoint, best weights)."""
+    return any((d / "checkpoint").exists() or (d / "model.safetensors").exists()
+               for d in [out, *out.glob("stage-*")])
+
+
+def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool, backbone,
+               stage_from: dict[str, str | Path] | None, keep_checkpoint: bool) -> dict:
     method, ds = build_method(cfg, backbone)
     stage_from = stage_from or {}
     stages = method.stages() if len(method.stages()) > 1 else ()  # () = one plain fit
     if unknown := sorted(set(stage_from) - set(stages)):
         raise CoraError(f"method '{cfg.method}' has no stage {', '.join(unknown)} to take from another run"
                         + (f" (stages: {', '.join(stages)})" if stages else " (it trains in one stage)"))
+    if unknown := sorted(set(cfg.stage_settings) - set(method.stages())):
+        raise CoraError(f"stage_settings: method '{cfg.method}' has no stage {', '.join(unknown)} "
+                        f"(stages: {', '.join(method.stages())})")
+    for name in method.stages():
+        cfg.for_stage(name)  # each stage's own settings are valid before any work starts
     if acc.is_main_process:
         _start_run(cfg, out, resume)
     acc.wait_for_everyone()
@@ -87,15 +110,19 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
         write_json(out / "train_summary.json", summary)
         return summary
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
-    valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, cfg.seed)
+    valid_seed = cfg.seed if cfg.valid_seed is None else cfg.valid_seed
+    valid_df = sample_users(ds.split("valid_small"), cfg.limit_valid, valid_seed, per_user=cfg.valid_per_user)
     if stages:
-        return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress, stage_from)
+        return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress, stage_from,
+                           keep_checkpoint=keep_checkpoint)
     train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
-    return fit(method, train, valid, cfg, out, resume=resume, show_progress=show_progress)
+    return fit(method, train, valid, cfg.for_stage(method.stages()[0]), out, resume=resume, show_progress=show_progress,
+               keep_checkpoint=keep_checkpoint)
 
 
 def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFrame, domain: str, cfg: LLMConfig,
-                out: Path, resume: bool, show_progress: bool, stage_from: dict[str, str | Path]) -> dict:
+                out: Path, resume: bool, show_progress: bool, stage_from: dict[str, str | Path],
+                keep_checkpoint: bool = False) -> dict:
     """Each stage is one ``fit`` (own log, checkpoints, resume) in RUN/stage-<k>-<name>/, started
     from the best weights of the stages before it; RUN/model.safetensors then holds the best
     tensors of every stage, so ``load_run`` sees a finished method like any other."""
@@ -113,7 +140,8 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
             continue
         # Encoded per stage: a stage may have its own prompt.
         train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
-        summaries[name] = fit(method, train, valid, cfg, sub, resume=resume, show_progress=show_progress)
+        summaries[name] = fit(method, train, valid, cfg.for_stage(name), sub, resume=resume,
+                              show_progress=show_progress, keep_checkpoint=keep_checkpoint)
         method.load_trainable_state_dict(load_tensors(sub / "model.safetensors"))
     method.begin_stage(None)
     if PartialState().is_main_process:
@@ -130,7 +158,8 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
 # which method, its CF run, its own parts (CoRA's generator, CoLLM's MLP, BinLLM's codes, soft prompts).
 _NOT_STAGE_SETTINGS = {"method", "cf", "device", "eval_batch_size", "extra", "modules", "rank", "alpha",
                        "gen_queries", "gen_layers", "gen_heads", "gen_ffn", "gen_dropout", "collm_mlp_hidden",
-                       "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora"}
+                       "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora",
+                       "soft_prompt", "input_norm", "stage_settings"}
 
 
 def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> dict:
@@ -144,7 +173,10 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
     if not (donor / "train_summary.json").exists() or not (donor / "model.safetensors").exists():
         raise CoraError(f"{donor}: no finished run to take stage '{method.stage}' from "
                         "(train_summary.json or model.safetensors missing)")
-    if diff := cfg.differing_fields(LLMConfig.load(donor / "config.yaml"), ignore=_NOT_STAGE_SETTINGS):
+    # Compared as each run trains this stage: a later stage's own settings (BinLLM's lr and batch
+    # for its codes stage) do not make the first stage a different training.
+    donor_cfg = LLMConfig.load(donor / "config.yaml").for_stage(method.stage)
+    if diff := cfg.for_stage(method.stage).differing_fields(donor_cfg, ignore=_NOT_STAGE_SETTINGS):
         raise CoraError(f"{donor}: trained with other settings for {', '.join(diff)}; "
                         f"stage '{method.stage}' cannot be taken from it")
     state = load_tensors(donor / "model.safetensors")
@@ -166,10 +198,16 @@ def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Data
     run = Path(run)
     if not (run / "config.yaml").exists():
         raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
+    if "model" in (saved := read_yaml_mapping(run / "config.yaml", "run config")) and "method" not in saved:
+        raise CoraError(f"{run}: a CF run, not an LLM run (use 'cora cf evaluate' for it)")
     cfg = LLMConfig.load(run / "config.yaml")
+    weights = run / "model.safetensors"
+    state = load_tensors(weights) if weights.exists() else None  # a corrupt file fails before the backbone loads
     method, ds = build_method(cfg, backbone)
     if any(p.requires_grad for p in method.parameters()):
-        method.load_trainable_state_dict(load_tensors(run / "model.safetensors"))
+        if state is None:
+            raise CoraError(f"{weights}: not found; the run has not finished a validation yet (train it further)")
+        method.load_trainable_state_dict(state, source=weights)
     method.eval()
     return method, cfg, ds
 

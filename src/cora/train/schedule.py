@@ -1,5 +1,7 @@
 """The reference learning-rate schedule: linear warm-up from ``warmup_start_lr`` to ``lr``, then
-cosine decay to ``min_lr`` at ``max_steps`` (a LambdaLR, so its state checkpoints with the rest)."""
+cosine decay to ``min_lr`` at ``max_steps`` (a LambdaLR, so its state checkpoints with the rest).
+The loop passes the config's ``lr_horizon`` as ``max_steps``: the reference's cosine spans
+max_epoch x iters_per_epoch, far beyond the step where validation stops a run."""
 
 from __future__ import annotations
 

@@ -1,0 +1,640 @@
+"""Bring your own interactions: any event log -> cora splits, with CoLLM's protocol generalised.
+
+``cora data import-interactions`` reads one row per event (user, item, a rating or a 0/1 label,
+a time) plus, usually, an items table (item id -> title, extra columns kept), and builds the same
+folder every other importer writes (:func:`cora.data.store.write_dataset`), so every method runs on
+it unchanged. The protocol is the one ``cora data prepare movielens`` follows (DESIGN sec. 7), and
+that command now calls the protocol functions of this module, so the two cannot drift apart:
+
+1. **Window and splits.** Times are unix seconds in UTC (ISO dates are read as UTC unless they
+   carry an offset). ``--split-dates A,B,C,D``: train = [A, B), valid = [B, C), test = [C, D); rows
+   outside [A, D) are dropped. ML-1M's "June 2001-March 2002" months are
+   ``2001-06-01,2002-04-01,2002-09-01,2003-02-01``. ``--split-fractions 0.8,0.1,0.1`` (the default)
+   cuts the time line at the timestamps below which 80 % and 90 % of all events lie; events that
+   share the cut second go to the later split, so a second is never divided between splits.
+2. **Label** = ``rating >= --positive-threshold`` (default 4, ML-1M's rule) or a 0/1 ``--label``.
+3. **Order.** Rows are sorted by (user, time), users in order of first appearance in the file.
+   Events of one user in the same second are ordered by the item's first appearance in the file,
+   then file order: the order CoLLM's inner merge of ratings with movies produced for ML-1M.
+4. **Histories** over all three splits: ``his = [0] + the user's earlier positive items``,
+   ``his_title = [''] + their titles``.
+5. **Ids** re-indexed 1..N in order of first appearance in that order (0 = padding);
+   ``not_cold`` = user and item both seen in train; ``valid_small`` =
+   ``valid.sample(frac=--valid-small-frac, random_state=--seed)``.
+
+Besides the four splits and meta.json the folder holds ``users.parquet`` (uid -> your user id)
+and ``items.parquet`` (iid -> your item id, title, and the items table's other columns), so
+results can be mapped back to your ids.
+
+Bad input (missing or ambiguous columns, unparsable values, duplicate events, items without a
+title, an empty split) is a one-line :class:`CoraError` naming the file, the column and an example
+row; nothing is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cora.data.store import write_dataset
+from cora.errors import CoraError
+from cora.io import atomic_dir, sha256_file
+
+FORMATS = ("csv", "tsv", "parquet", "recbole")
+SPLIT_NAMES = ("train", "valid", "test")  # flag 0, 1, 2; -1 = outside the window
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_THRESHOLD = 4.0
+DEFAULT_DOMAIN = "items"  # the prompt's plural noun: "... the following items: ..."
+VALID_SMALL_FRACTION = 0.5
+VALID_SMALL_SEED = 2023
+# A "unix seconds" value past year 5000 is almost surely milliseconds.
+MAX_SECONDS = 10**11
+
+# Names each column is recognised by, compared without case, "_", "-" or spaces.
+CANDIDATES = {
+    "user": ("user", "user_id", "userId", "uid", "reviewerID", "customer_id", "visitor_id"),
+    "item": ("item", "item_id", "movieId", "iid", "asin", "product_id", "book_id", "isbn"),
+    "time": ("timestamp", "time", "date", "datetime", "unixReviewTime", "ts"),
+    "rating": ("rating", "overall", "stars"),
+    "label": ("label", "click", "clicked", "liked"),
+    "title": ("title", "movie_title", "item_title", "book_title", "name"),
+}
+OPTION = {"user": "--user", "item": "--item", "time": "--time", "rating": "--rating", "label": "--label",
+          "title": "--title"}
+
+
+# ----------------------------------------------------------------------------- protocol (shared)
+@dataclass(frozen=True)
+class SplitWindows:
+    """Train / valid / test windows as four UTC unix-second bounds; each window is [lo, hi)."""
+
+    bounds: tuple[int, int, int, int]
+
+    def flags(self, timestamps: np.ndarray) -> np.ndarray:
+        """0 / 1 / 2 for train / valid / test, -1 outside [train start, end)."""
+        flags = np.searchsorted(np.asarray(self.bounds, dtype=np.int64), timestamps, side="right") - 1
+        flags[flags > 2] = -1
+        return flags
+
+    def describe(self, name: str) -> str:
+        k = SPLIT_NAMES.index(name)
+        return f"[{iso_utc(self.bounds[k])}, {iso_utc(self.bounds[k + 1])})"
+
+    def to_meta(self) -> dict:
+        keys = ("train_start", "valid_start", "test_start", "end")
+        return {k: iso_utc(b) for k, b in zip(keys, self.bounds)} | {"timezone": "UTC", "end_exclusive": True}
+
+
+def iso_utc(seconds: int) -> str:
+    ts = pd.Timestamp(int(seconds), unit="s", tz="UTC")
+    return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def order_events(events: pd.DataFrame, windows: SplitWindows) -> pd.DataFrame:
+    """Rows inside the window with their split ``flag``, sorted by (user, timestamp).
+
+    ``events`` has columns user (a sort key), item, label, timestamp, title, in tie order: the
+    sort is stable, so rows of one user in one second keep the order they come in.
+    """
+    flags = windows.flags(events["timestamp"].to_numpy(dtype=np.int64))
+    kept = events[flags >= 0].assign(flag=flags[flags >= 0])
+    return kept.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def histories(data: pd.DataFrame, items: np.ndarray) -> tuple[list[list[int]], list[list[str]]]:
+    """Per row: [0] + the user's earlier positive items (any split), and their titles after ''.
+
+    ``data`` is sorted by user then time, so each user's positives are one contiguous run of
+    the positives array; a row's history is that run cut at the positives seen before it.
+    """
+    label = data["label"].to_numpy()
+    positive = label == 1
+    pos_items = items[positive]
+    pos_titles = data["title"].to_numpy(dtype=object)[positive]
+    end = np.cumsum(label) - label  # positives in all earlier rows
+    start = pd.Series(end).groupby(data["user"].to_numpy()).transform("first").to_numpy()
+    his = [[0] + pos_items[s:e].tolist() for s, e in zip(start, end)]
+    his_title = [[""] + pos_titles[s:e].tolist() for s, e in zip(start, end)]
+    return his, his_title
+
+
+def build_table(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
+    """Re-index users and items 1..N by first appearance, add histories and not_cold.
+
+    Returns the table (with ``flag``) and the original user / item keys of ids 1..N.
+    """
+    uid, users = pd.factorize(data["user"])
+    iid, items = pd.factorize(data["item"])
+    uid, iid = uid + 1, iid + 1
+    his, his_title = histories(data, iid)
+    table = pd.DataFrame({
+        "uid": uid, "iid": iid, "label": data["label"].to_numpy(), "timestamp": data["timestamp"].to_numpy(),
+        # object Series: a plain list of equal-length lists would be read as a 2-D array
+        "his": pd.Series(his, dtype=object), "his_title": pd.Series(his_title, dtype=object),
+        "title": data["title"].to_numpy(dtype=object), "flag": data["flag"].to_numpy(),
+    })
+    train = table["flag"] == 0
+    warm = np.isin(uid, uid[train]) & np.isin(iid, iid[train])
+    table["not_cold"] = warm.astype("int64")
+    return table, users, items
+
+
+def sample_split(valid: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame:
+    """CoLLM's model-selection split: a positional sample of valid (pandas samples by position)."""
+    return valid.sample(frac=frac, random_state=seed)
+
+
+def make_splits(table: pd.DataFrame, *, frac: float, seed: int,
+                empty: Callable[[str, int], str]) -> dict[str, pd.DataFrame]:
+    """train / valid / test / valid_small frames; ``empty(split, valid_rows)`` words the error
+    for a split left without rows."""
+    # Each split keeps its row numbers in the combined table, as CoLLM's pickles do.
+    splits = {name: table[table["flag"] == k].drop(columns="flag") for k, name in enumerate(SPLIT_NAMES)}
+    for name in SPLIT_NAMES:
+        if splits[name].empty:
+            raise CoraError(empty(name, len(splits["valid"])))
+    splits["valid_small"] = sample_split(splits["valid"], frac, seed)
+    if splits["valid_small"].empty:
+        raise CoraError(empty("valid_small", len(splits["valid"])))
+    return splits
+
+
+# ----------------------------------------------------------------------------- options
+def parse_time_text(text: str, what: str) -> int:
+    """One date for an option: unix seconds or an ISO 8601 date/time (UTC unless it has an offset)."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    try:  # ISO 8601 only: '01/06/2001' means different days in different countries
+        ts = pd.to_datetime(text, format="ISO8601")
+    except (ValueError, TypeError):
+        ts = pd.NaT
+    if ts is pd.NaT:
+        raise CoraError(f"{what}: '{text}' is not an ISO date (YYYY-MM-DD[THH:MM:SS]) or unix seconds")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
+
+
+def parse_split_dates(text: str | Sequence[str]) -> SplitWindows:
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    if len(parts) != 4:
+        raise CoraError(f"--split-dates {text}: give four dates TRAIN_START,VALID_START,TEST_START,END "
+                        "(e.g. 2001-06-01,2002-04-01,2002-09-01,2003-02-01)")
+    bounds = tuple(parse_time_text(str(p), "--split-dates") for p in parts)
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise CoraError(f"--split-dates {','.join(map(str, parts))}: the four dates must increase")
+    return SplitWindows(bounds)
+
+
+def parse_split_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        fracs = tuple(float(p) for p in parts)
+    except ValueError:
+        fracs = ()
+    if len(fracs) != 3 or not all(math.isfinite(f) and f > 0 for f in fracs) or abs(sum(fracs) - 1) > 1e-6:
+        raise CoraError(f"--split-fractions {text}: give three positive fractions TRAIN,VALID,TEST that sum to 1 "
+                        "(e.g. 0.8,0.1,0.1)")
+    return fracs  # type: ignore[return-value]
+
+
+def windows_from_fractions(timestamps: np.ndarray, fracs: Sequence[float]) -> SplitWindows:
+    """Cut the time line at the timestamps below which fracs[0] and fracs[0]+fracs[1] of events lie."""
+    s = np.sort(timestamps)
+    n = len(s)
+    k1 = min(int(round(fracs[0] * n)), n - 1)
+    k2 = min(int(round((fracs[0] + fracs[1]) * n)), n - 1)
+    return SplitWindows((int(s[0]), int(s[k1]), int(s[k2]), int(s[-1]) + 1))
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Source:
+    """One input table and how to name its rows in messages."""
+
+    path: Path
+    table: pd.DataFrame
+    fmt: str
+
+    def where(self, idx: int) -> str:
+        """'line N' for text files (header = line 1), 'row N' for Parquet (1-based)."""
+        return f"row {idx + 1}" if self.fmt == "parquet" else f"line {idx + 2}"
+
+    def example(self, idx: int) -> str:
+        """``line 7: user=3, item=9, ...`` for an error message, on one line."""
+        values = ", ".join(f"{c}={_clip(v)}" for c, v in self.table.loc[idx].items())
+        return f"{self.where(idx)}: {values[:200]}"
+
+
+def _clip(value) -> str:
+    text = " ".join(str(value).split()) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def infer_format(path: Path, given: str | None) -> str:
+    if given is not None:
+        if given not in FORMATS:
+            raise CoraError(f"--format {given}: choose from {', '.join(FORMATS)}")
+        return given
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        suffixes = suffixes[:-1]  # pandas decompresses these by the file name
+    kind = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+            ".inter": "recbole", ".item": "recbole"}.get(suffixes[-1] if suffixes else "")
+    if kind is None:
+        raise CoraError(f"{path}: cannot tell the format from the file name; pass --format {'|'.join(FORMATS)}")
+    return kind
+
+
+def read_source(path: Path, fmt: str) -> Source:
+    """Read a whole table; text formats as strings, so every value is parsed (and reported) here."""
+    if not path.is_file():
+        raise CoraError(f"{path}: no such file")
+    try:
+        table = pd.read_parquet(path) if fmt == "parquet" else _read_text_table(path, fmt)
+    except CoraError:
+        raise
+    except UnicodeDecodeError as e:
+        raise CoraError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise CoraError(f"{path}: file is empty") from None
+    # ParserError / ArrowInvalid are ValueErrors; gzip and OS trouble are OSError / EOFError / zlib.error.
+    except (ValueError, OSError, EOFError, zlib.error, ImportError) as e:
+        raise CoraError(f"{path}: cannot read as {fmt} ({type(e).__name__}: {_one_line(e)})") from None
+    if fmt == "recbole":  # typed headers: 'user_id:token' -> 'user_id'
+        table.columns = [str(c).split(":", 1)[0] for c in table.columns]
+    table.columns = [str(c).strip() for c in table.columns]
+    if len(set(table.columns)) != len(table.columns):
+        dup = next(c for c in table.columns if list(table.columns).count(c) > 1)
+        raise CoraError(f"{path}: column '{dup}' appears twice in the header")
+    if table.empty:
+        raise CoraError(f"{path}: no data rows")
+    return Source(path, table, fmt)  # index = position in the file, for line numbers
+
+
+def _read_text_table(path: Path, fmt: str) -> pd.DataFrame:
+    # CSV follows the usual quoting rules; tab-separated files (and RecBole's) are read literally,
+    # since titles such as '"Great Performances" Cats (1998)' start with a quote.
+    tabbed = fmt != "csv"
+    table = pd.read_csv(path, sep="\t" if tabbed else ",", dtype=str, keep_default_na=False, na_filter=False,
+                        quoting=csv.QUOTE_NONE if tabbed else csv.QUOTE_MINIMAL, encoding="utf-8-sig",
+                        skip_blank_lines=False, engine="c")
+    # Blank lines are dropped here rather than by the parser, so the index still gives line numbers.
+    blank = (table == "").all(axis=1)
+    return table[~blank]
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+# ----------------------------------------------------------------------------- columns
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", str(name).lower())
+
+
+def find_column(src: Source, role: str, given: str | None, *, required: bool = True) -> str | None:
+    """The column playing ``role``: the one named by its option, else the one known name present."""
+    cols = list(src.table.columns)
+    if given is not None:
+        for name in (given, given.split(":", 1)[0]):  # RecBole users may pass 'user_id:token'
+            if name in cols:
+                return name
+        raise CoraError(f"{src.path}: no column '{given}' ({OPTION[role]}); columns are {_names(cols)}")
+    known = {_norm(c) for c in CANDIDATES[role]}
+    hits = [c for c in cols if _norm(c) in known]
+    if len(hits) > 1:
+        raise CoraError(f"{src.path}: columns {_names(hits, ' and ')} could each be the {role} column; "
+                        f"pass {OPTION[role]} COL to choose")
+    if hits:
+        return hits[0]
+    if not required:
+        return None
+    hint = " (only one column: is the separator right? pass --format)" if len(cols) == 1 else ""
+    raise CoraError(f"{src.path}: no {role} column (looked for {', '.join(CANDIDATES[role])}); columns are "
+                    f"{_names(cols)}{hint}; pass {OPTION[role]} COL")
+
+
+def _names(cols: Sequence[str], sep: str = ", ") -> str:
+    shown = sep.join(f"'{_clip(c)}'" for c in cols[:12])
+    return shown + (f" and {len(cols) - 12} more" if len(cols) > 12 else "")
+
+
+# ----------------------------------------------------------------------------- values
+def _first_bad(mask: np.ndarray | pd.Series) -> int | None:
+    mask = np.asarray(mask, dtype=bool)
+    return int(mask.argmax()) if mask.any() else None
+
+
+def _fail(src: Source, col: str, problem: str, pos: int) -> CoraError:
+    idx = src.table.index[pos]
+    return CoraError(f"{src.path}: column '{col}' {problem} at {src.example(idx)}")
+
+
+def _is_missing(values: pd.Series) -> np.ndarray:
+    missing = values.isna().to_numpy()
+    if values.dtype == object or pd.api.types.is_string_dtype(values):
+        missing = missing | values.astype(str).str.strip().eq("").to_numpy()
+    return missing
+
+
+def _require_present(src: Source, col: str) -> pd.Series:
+    values = src.table[col]
+    if (pos := _first_bad(_is_missing(values))) is not None:
+        raise _fail(src, col, "is empty", pos)
+    return values
+
+
+def ids_as_text(src: Source, col: str) -> pd.Series:
+    """Ids as stripped text, so '7' in one file meets 7 in another."""
+    values = _require_present(src, col)
+    if pd.api.types.is_float_dtype(values):
+        whole = np.equal(np.mod(values.to_numpy(dtype=float), 1), 0)
+        if (pos := _first_bad(~whole)) is not None:
+            raise _fail(src, col, "holds a non-integer id", pos)
+        values = values.astype("int64")
+    return values.astype(str).str.strip().astype(object)
+
+
+def numbers(src: Source, col: str, what: str, values: pd.Series | None = None) -> np.ndarray:
+    """A column as floats; ``values`` replaces the column's own (labels pass yes/no rewritten)."""
+    values = _require_present(src, col) if values is None else values
+    if pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(dtype=float)
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = parsed.isna().to_numpy() | ~np.isfinite(parsed.to_numpy(dtype=float, na_value=np.nan))
+    if (pos := _first_bad(bad)) is not None:
+        raise _fail(src, col, f"must be {what}", pos)
+    return parsed.to_numpy(dtype=float)
+
+
+def labels(src: Source, col: str) -> np.ndarray:
+    values = _require_present(src, col)
+    if not pd.api.types.is_bool_dtype(values) and not pd.api.types.is_numeric_dtype(values):
+        text = values.astype(str).str.strip().str.lower()
+        values = text.replace({"true": "1", "false": "0", "yes": "1", "no": "0"})
+    out = numbers(src, col, "0 or 1", values)
+    if (pos := _first_bad(~np.isin(out, (0.0, 1.0)))) is not None:
+        raise _fail(src, col, "must be 0 or 1", pos)
+    return out.astype(np.int64)
+
+
+def unix_seconds(src: Source, col: str) -> np.ndarray:
+    """Event times as UTC unix seconds: numbers are seconds, text is an ISO 8601 date/time
+    (UTC unless it carries an offset). The first value decides which of the two a column holds."""
+    values = _require_present(src, col)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        return _seconds(stamps)
+    as_number = pd.to_numeric(values, errors="coerce")
+    if not pd.isna(as_number.iloc[0]):
+        bad = as_number.isna().to_numpy()
+        if (pos := _first_bad(bad)) is not None:
+            raise _fail(src, col, "must be unix seconds like the rows before it", pos)
+        seconds = np.floor(as_number.to_numpy(dtype=float))
+        if (pos := _first_bad(np.abs(seconds) >= MAX_SECONDS)) is not None:
+            raise _fail(src, col, "looks like milliseconds, not unix seconds (divide by 1000)", pos)
+        return seconds.astype(np.int64)
+    stamps = pd.to_datetime(values.astype(str).str.strip(), format="ISO8601", utc=True, errors="coerce")
+    if (pos := _first_bad(stamps.isna())) is not None:
+        raise _fail(src, col, "is not unix seconds or an ISO 8601 date (YYYY-MM-DD[THH:MM:SS])", pos)
+    return _seconds(stamps)
+
+
+def _seconds(stamps: pd.Series) -> np.ndarray:
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- events and titles
+@dataclass
+class LabelRule:
+    column: str
+    threshold: float | None  # None: the column already holds 0/1 labels
+
+    def describe(self) -> str:
+        return f"column '{self.column}' (0/1)" if self.threshold is None else f"{self.column} >= {self.threshold:g}"
+
+
+def choose_label(src: Source, rating: str | None, label: str | None, threshold: float | None) -> LabelRule:
+    if label is not None:
+        return LabelRule(find_column(src, "label", label), None)
+    if rating is not None or threshold is not None:
+        return LabelRule(find_column(src, "rating", rating), DEFAULT_THRESHOLD if threshold is None else threshold)
+    rating_col = find_column(src, "rating", None, required=False)
+    label_col = find_column(src, "label", None, required=False)
+    if rating_col and label_col:
+        raise CoraError(f"{src.path}: both '{rating_col}' and '{label_col}' could give the label; pass "
+                        f"--rating {rating_col} (with --positive-threshold) or --label {label_col}")
+    if label_col:
+        return LabelRule(label_col, None)
+    if rating_col:
+        return LabelRule(rating_col, DEFAULT_THRESHOLD)
+    raise CoraError(f"{src.path}: no rating or label column (looked for {', '.join(CANDIDATES['rating'])}, "
+                    f"{', '.join(CANDIDATES['label'])}); columns are {_names(list(src.table.columns))}; "
+                    "pass --rating COL or --label COL")
+
+
+def read_events(src: Source, cols: dict[str, str], rule: LabelRule) -> pd.DataFrame:
+    """user, item, label, timestamp per row, in file order, with every value checked."""
+    events = pd.DataFrame({"user": ids_as_text(src, cols["user"]), "item": ids_as_text(src, cols["item"])})
+    if rule.threshold is None:
+        events["label"] = labels(src, rule.column)
+    else:
+        events["label"] = (numbers(src, rule.column, "a number") >= rule.threshold).astype(np.int64)
+    events["timestamp"] = unix_seconds(src, cols["time"])
+    dup = events.duplicated(["user", "item", "timestamp"], keep=False).to_numpy()
+    if (pos := _first_bad(dup)) is not None:
+        first = events.iloc[pos]
+        same = events[(events["user"] == first["user"]) & (events["item"] == first["item"])
+                      & (events["timestamp"] == first["timestamp"])]
+        raise CoraError(f"{src.path}: duplicate event (same '{cols['user']}', '{cols['item']}', '{cols['time']}') "
+                        f"at {src.example(same.index[0])}; again at {src.where(same.index[1])}; keep one row per event")
+    return events
+
+
+def items_table(src: Source, item_col: str | None, title_col: str | None) -> tuple[pd.DataFrame, str, str]:
+    """The items file as item (text id), title and its other columns; one row per item."""
+    item = find_column(src, "item", item_col if item_col in src.table.columns else None)
+    title = find_column(src, "title", title_col)
+    ids = ids_as_text(src, item)
+    dup = ids.duplicated().to_numpy()
+    if (pos := _first_bad(dup)) is not None:
+        first = ids.index[int(np.flatnonzero(ids.to_numpy() == ids.iloc[pos])[0])]
+        raise CoraError(f"{src.path}: item '{ids.iloc[pos]}' (column '{item}') is listed twice, at "
+                        f"{src.where(first)} and {src.example(ids.index[pos])}")
+    # Other columns keep their names; one that clashes with 'item' / 'title' gets a suffix.
+    other = {c: (f"{c}_extra" if c in ("item", "title") else c) for c in src.table.columns if c not in (item, title)}
+    table = pd.DataFrame({"item": ids.to_numpy(), "title": src.table[title].to_numpy(dtype=object)})
+    for c, new in other.items():
+        table[new] = src.table[c].to_numpy()
+    return table, item, title
+
+
+def attach_titles(events: pd.DataFrame, src: Source, item_col: str, titles: pd.DataFrame,
+                  titles_path: Path, title_col: str) -> pd.DataFrame:
+    """Each event's title; an item without one (absent, empty) is an error naming an example row."""
+    title_of = titles.set_index("item")["title"]
+    title = events["item"].map(title_of)
+    missing = _is_missing(title)
+    if (pos := _first_bad(missing)) is not None:
+        item = events["item"].iloc[pos]
+        why = "has an empty title" if item in title_of.index else "is not listed"
+        raise CoraError(f"{src.path}: item '{item}' (column '{item_col}') {why} in {titles_path} (column "
+                        f"'{title_col}'), used at {src.example(events.index[pos])}; every item needs a title")
+    return events.assign(title=title.astype(str).to_numpy(dtype=object))
+
+
+def titles_from_events(src: Source, item_col: str, title_col: str) -> pd.DataFrame:
+    """item -> title when the interactions carry titles: the first non-empty title of each item."""
+    values = src.table[title_col]
+    table = pd.DataFrame({"item": ids_as_text(src, item_col).to_numpy(), "title": values.to_numpy(dtype=object)})
+    given = table[~_is_missing(values)]
+    firsts = given.drop_duplicates("item", keep="first")
+    return pd.concat([firsts, table[~table["item"].isin(firsts["item"])].drop_duplicates("item")],
+                     ignore_index=True)
+
+
+def tie_order(events: pd.DataFrame) -> pd.DataFrame:
+    """Order rows by the item's first appearance in the file, then file order (see module doc)."""
+    keyed = events.assign(file_pos=np.arange(len(events)), item_rank=pd.factorize(events["item"])[0])
+    return keyed.sort_values(["item_rank", "file_pos"], kind="stable").drop(columns=["item_rank", "file_pos"])
+
+
+# ----------------------------------------------------------------------------- entry point
+def import_interactions(interactions: str | Path, out: str | Path, *, items: str | Path | None = None,
+                        fmt: str | None = None, user: str | None = None, item: str | None = None,
+                        time: str | None = None, rating: str | None = None,
+                        positive_threshold: float | None = None, label: str | None = None,
+                        title: str | None = None, split_dates: str | Sequence[str] | None = None,
+                        split_fractions: str | Sequence[float] | None = None, domain: str = DEFAULT_DOMAIN,
+                        valid_small_frac: float = VALID_SMALL_FRACTION, seed: int = VALID_SMALL_SEED,
+                        name: str | None = None, overwrite: bool = False) -> dict:
+    """Build ``out`` (train / valid / valid_small / test + meta.json + users / items tables) from
+    an event log; see the module doc for the protocol. Nothing is written unless all succeeds."""
+    interactions, out = Path(interactions), Path(out)
+    windows, fracs = _check_options(out, rating, label, positive_threshold, split_dates, split_fractions,
+                                    valid_small_frac, domain, overwrite)
+    fmt = infer_format(interactions, fmt)
+    items_path = _items_path(interactions, items, fmt)
+    src = read_source(interactions, fmt)
+    cols = {r: find_column(src, r, g) for r, g in (("user", user), ("item", item), ("time", time))}
+    rule = choose_label(src, rating, label, positive_threshold)
+    events = read_events(src, cols, rule)
+
+    if items_path is not None:
+        items_src = read_source(items_path, infer_format(items_path, "recbole" if fmt == "recbole" else None))
+        catalogue, _, title_col = items_table(items_src, cols["item"], title)
+        titles_path = items_path
+    else:
+        title_col = find_column(src, "title", title, required=False)
+        if title_col is None:
+            raise CoraError(f"{interactions}: no titles: pass --items FILE (item id -> title) or name a title "
+                            f"column of this file with --title COL; columns are {_names(list(src.table.columns))}")
+        catalogue, titles_path = titles_from_events(src, cols["item"], title_col), interactions
+    events = attach_titles(events, src, cols["item"], catalogue, titles_path, title_col)
+
+    if windows is None:
+        windows = windows_from_fractions(events["timestamp"].to_numpy(), fracs)
+    # Users sort by first appearance in the file (ML-1M's ratings.dat: by user id).
+    user_rank, raw_users = pd.factorize(events["user"])
+    data = order_events(tie_order(events.assign(user=user_rank)), windows)
+    table, user_ranks, item_keys = build_table(data)
+    splits = make_splits(table, frac=valid_small_frac, seed=seed,
+                         empty=_empty_message(interactions, cols["time"], windows, events, fracs, valid_small_frac))
+    users = pd.DataFrame({"uid": np.arange(1, len(user_ranks) + 1),
+                          "user": np.asarray(raw_users, dtype=object)[np.asarray(user_ranks)]})
+    item_rows = pd.DataFrame({"iid": np.arange(1, len(item_keys) + 1), "item": np.asarray(item_keys, dtype=object)})
+    item_rows = item_rows.merge(catalogue, on="item", how="left")
+    source = _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, fracs, src, data,
+                          valid_small_frac, seed)
+    return _write(out, splits, users, item_rows, name=name or out.name, domain=domain, source=source,
+                  overwrite=overwrite)
+
+
+def _check_options(out: Path, rating, label, threshold, split_dates, split_fractions, valid_small_frac,
+                   domain, overwrite) -> tuple[SplitWindows | None, tuple[float, float, float] | None]:
+    """Everything that needs no file, checked before minutes of reading."""
+    if label is not None and threshold is not None:
+        raise CoraError("--positive-threshold goes with a rating column, not with --label (a 0/1 column)")
+    if label is not None and rating is not None:
+        raise CoraError("pass either --rating COL (with --positive-threshold) or --label COL, not both")
+    if split_dates is not None and split_fractions is not None:
+        raise CoraError("pass either --split-dates or --split-fractions, not both")
+    if not domain.strip():
+        raise CoraError("--domain: give a plural noun for the prompt, e.g. movies, books, items")
+    if not 0 < valid_small_frac <= 1:
+        raise CoraError(f"--valid-small-frac {valid_small_frac}: must be in (0, 1]")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise CoraError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)"
+                        if out.is_dir() else f"{out}: exists and is not a folder")
+    if split_dates is not None:
+        return parse_split_dates(split_dates), None
+    return None, parse_split_fractions(split_fractions) if split_fractions is not None else DEFAULT_FRACTIONS
+
+
+def _items_path(interactions: Path, items: str | Path | None, fmt: str) -> Path | None:
+    if items is not None:
+        if not Path(items).is_file():  # say so now, not after reading a large log
+            raise CoraError(f"{items}: no such file (--items)")
+        return Path(items)
+    beside = interactions.with_suffix(".item")
+    # RecBole keeps NAME.item beside NAME.inter.
+    return beside if fmt == "recbole" and beside.is_file() else None
+
+
+def _empty_message(path: Path, time_col: str, windows: SplitWindows, events: pd.DataFrame,
+                   fracs, valid_small_frac: float) -> Callable[[str, int], str]:
+    ts = events["timestamp"]
+    span = f"the data spans {iso_utc(ts.min())} .. {iso_utc(ts.max())}"
+
+    def message(split: str, valid_rows: int) -> str:
+        if split == "valid_small":
+            return (f"{path}: valid has {valid_rows} row(s); --valid-small-frac {valid_small_frac:g} leaves "
+                    "valid_small empty")
+        shares = ",".join(f"{f:g}" for f in fracs or ())
+        how = ("change --split-dates" if fracs is None else
+               f"too few distinct times for --split-fractions {shares}; change them or use --split-dates")
+        return (f"{path}: no events (column '{time_col}') fall in the {split} split {windows.describe(split)} UTC; "
+                f"{span}; {how}")
+
+    return message
+
+
+def _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, fracs, src, data,
+                 valid_small_frac, seed) -> dict:
+    def file_meta(path: Path) -> dict:
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+    return {
+        "format": fmt,
+        "protocol": "collm (generalised): window, label, (user, time) order, [0] + earlier positives",
+        "sha256": sha256_file(interactions),  # of the interactions file, as source.sha256 of other importers
+        "interactions": {"path": str(interactions.resolve()), "bytes": interactions.stat().st_size,
+                         "rows": int(len(src.table))},
+        **({"items": file_meta(items_path)} if items_path is not None else {}),
+        "columns": {**cols, "label" if rule.threshold is None else "rating": rule.column, "title": title_col},
+        "label": rule.describe(),
+        "split": {"by": "dates" if fracs is None else f"fractions {','.join(f'{f:g}' for f in fracs)}",
+                  **windows.to_meta()},
+        "rows_outside_window": int(len(src.table) - len(data)),
+        "valid_small": f"sample(frac={valid_small_frac:g}, seed={seed}) of valid",
+    }
+
+
+def _write(out: Path, splits: dict[str, pd.DataFrame], users: pd.DataFrame, items: pd.DataFrame, *,
+           name: str, domain: str, source: dict, overwrite: bool) -> dict:
+    """The shared writer fills the folder; the id maps join it inside the same atomic build."""
+    extra = {"id_maps": {"users": "users.parquet", "items": "items.parquet"}}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        meta = write_dataset(tmp, splits, name=name, domain=domain, source=source, overwrite=True, extra=extra)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+    return meta

@@ -1,0 +1,53 @@
+"""Validation curves of LLM runs, read from their logs (``log.jsonl``: one line per validation).
+
+A staged run (CoLLM, BinLLM) logs each stage in ``stage-<k>-<name>/``; its curve joins the
+stages in order, each stage's steps counted on from the steps before it. A stage taken from
+another run (``reused_from`` in its train_summary.json) is read from that run's log, so a
+CoLLM curve starts with the TALLRec stage it was built on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cora.errors import CoraError
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of one log.jsonl; a torn last line (a run killed mid-write) is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(path.read_text(encoding="utf-8").splitlines()):
+                raise CoraError(f"{path}: line {n} is not JSON") from None
+    return records
+
+
+def run_curve(run: str | Path, metric: str = "auc") -> dict:
+    """{"steps": [...], "valid": [...], "stage_starts": [(step, name), ...]} of one run folder."""
+    run = Path(run)
+    key = f"valid_{metric}"
+    stages = sorted(run.glob("stage-*-*/"), key=lambda p: int(p.name.split("-")[1]))
+    parts = [(p.name.split("-", 2)[2], _stage_log(p)) for p in stages] or [("train", run / "log.jsonl")]
+    steps, values, starts, offset = [], [], [], 0
+    for name, log in parts:
+        records = [r for r in read_log(log) if key in r]
+        starts.append((offset, name))
+        steps += [offset + r["step"] for r in records]
+        values += [r[key] for r in records]
+        offset += records[-1]["step"] if records else 0
+    return {"steps": steps, "valid": values, "stage_starts": starts if len(parts) > 1 else []}
+
+
+def _stage_log(stage: Path) -> Path:
+    summary = stage / "train_summary.json"
+    if summary.exists():
+        donor = json.loads(summary.read_text(encoding="utf-8")).get("reused_from")
+        if donor:
+            return Path(donor) / "log.jsonl"
+    return stage / "log.jsonl"

@@ -1,0 +1,219 @@
+"""The allowed values of every setting: one table, checked by one function.
+
+Every config field (:class:`~cora.config.LLMConfig`, :class:`~cora.config.CFConfig`, the
+experiment file's top level) and every numeric command-line option that is not a config field has
+an entry in :data:`RANGES`. Configs check their fields when they are built (CLI flags, ``--config``
+YAML, experiment rows, a run's config.yaml) and commands check their options before they load
+anything, so a nonsensical value (a negative lr, batch 0, dtype fp8, lr "fast") fails at once
+with one line naming the field and what is allowed, instead of as a traceback from inside torch
+after minutes of loading. ``tests/test_bad_input.py`` fails when a config field has no entry.
+
+Choices whose source of truth lives in a module that imports torch (dtypes, module letters, the
+method registry) are spelled out here, so a config is checked without importing torch; the same
+test checks that both spellings agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cora.errors import CoraError
+
+METHODS = ("cora", "icl", "prompt4nr", "tallrec", "personprompt", "collm", "binllm")  # cora.methods.METHODS
+CF_MODELS = ("mf", "lightgcn", "sasrec")  # cora.config.CF_DEFAULTS
+SAS_BLOCKS = ("reference", "preln")  # cora.cf.models.SASRec
+DTYPES = ("fp32", "bf16", "fp16")  # cora.llm.backbone.DTYPES
+MODULE_LETTERS = "qkvof"  # cora.llm.lowrank.MODULE_LETTERS
+INPUT_NORMS = ("none", "layernorm", "zscore")  # cora.methods.cora.INPUT_NORMS
+SOFT_PROMPTS = ("slots", "prefix")  # cora.methods.prompt4nr.LAYOUTS
+SELECTION_METRICS = ("auc", "uauc")  # cora.train.loop.selection_score
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (pandas' sample(random_state=...)) takes no more
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting's type and allowed values. ``lo`` / ``hi`` bound numbers (``*_open``: the bound
+    itself is excluded); ``choices`` / ``pattern`` / ``letters`` restrict strings; ``optional``
+    also allows None (null in YAML: "no limit", or a default computed elsewhere)."""
+
+    type: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None  # a regular expression the whole string must match
+    shown: str | None = None  # how ``pattern`` reads in a message
+    letters: str | None = None  # a non-empty string of these letters (--modules qkvo)
+    optional: bool = False
+
+    def allowed(self) -> str:
+        """What the message says is allowed: 'an integer >= 1', 'a number > 0 and <= 1', ..."""
+        if self.type in (int, float):
+            what = "an integer" if self.type is int else "a number"
+            if self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
+                text = f"{what} from {_num(self.lo)} to {_num(self.hi)}"
+            else:
+                bounds = [f"{'>' if self.lo_open else '>='} {_num(self.lo)}" if self.lo is not None else "",
+                          f"{'<' if self.hi_open else '<='} {_num(self.hi)}" if self.hi is not None else ""]
+                text = " and ".join([what + " " + bounds[0] if bounds[0] else what] + [b for b in bounds[1:] if b])
+        elif self.choices is not None:
+            text = "one of " + ", ".join(self.choices)
+        elif self.pattern is not None:
+            text = self.shown or f"text matching {self.pattern}"
+        elif self.letters is not None:
+            text = f"letters from {', '.join(self.letters)} (e.g. qkvo)"
+        else:
+            text = {bool: "true or false", str: "a string", dict: "a mapping", list: "a list"}[self.type]
+        return text + (" (or null)" if self.optional else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def Int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Spec:  # noqa: N802
+    return Spec(int, lo, hi, optional=optional)
+
+
+def Float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,  # noqa: N802
+          optional: bool = False) -> Spec:
+    return Spec(float, lo, hi, lo_open, hi_open, optional=optional)
+
+
+def Choice(*choices: str) -> Spec:  # noqa: N802
+    return Spec(str, choices=choices)
+
+
+BOOL, STR, OPT_STR, DICT, LIST = Spec(bool), Spec(str), Spec(str, optional=True), Spec(dict), Spec(list)
+LR = Float(0, 1, lo_open=True)
+DROPOUT = Float(0, 1, hi_open=True)  # 1 would drop everything
+FRACTION = Float(0, 1)
+POSITIVE = Int(1)
+
+# Settings with the same name mean the same thing in CFConfig and LLMConfig.
+_SHARED = {"data": STR, "lr": LR, "weight_decay": FRACTION, "batch_size": POSITIVE, "patience": POSITIVE,
+           "seed": Int(0, SEED_MAX), "extra": DICT}
+
+RANGES: dict[str, dict[str, Spec]] = {
+    "CFConfig": {
+        **_SHARED,
+        "model": Choice(*CF_MODELS), "dim": POSITIVE, "epochs": POSITIVE, "init_std": Float(0, lo_open=True),
+        "gcn_layers": Int(0),  # 0 layers: the embeddings as they are (plain MF)
+        "max_len": POSITIVE, "sas_blocks": POSITIVE, "sas_heads": POSITIVE, "sas_dropout": DROPOUT,
+        "sas_block": Choice(*SAS_BLOCKS),
+    },
+    "LLMConfig": {
+        **_SHARED,
+        "method": Choice(*METHODS), "cf": OPT_STR, "backbone": STR, "dtype": Choice(*DTYPES),
+        "device": Spec(str, pattern=r"cpu|auto|cuda(:\d+)?", shown="one of cpu, cuda, cuda:N, auto"),
+        "max_titles": Int(0), "no_titles": BOOL, "max_length": Int(2, optional=True),  # BOS + one token
+        "calibrate_logit": BOOL,
+        "modules": Spec(str, letters=MODULE_LETTERS), "rank": POSITIVE, "alpha": Float(0, lo_open=True),
+        "lora_dropout": DROPOUT, "gen_queries": POSITIVE, "gen_layers": Int(1, optional=True), "gen_heads": POSITIVE,
+        "gen_ffn": Int(1, optional=True), "gen_dropout": DROPOUT,
+        "lora_rank": POSITIVE, "lora_alpha": Float(0, lo_open=True), "lora_targets": Spec(str, letters=MODULE_LETTERS),
+        "collm_mlp_hidden": Int(1, optional=True),
+        "binllm_bits": Int(1, 1024), "binllm_dot_decimal": BOOL, "binllm_text_stage": BOOL,
+        "soft_tokens": POSITIVE, "prompt_lora": BOOL, "soft_prompt": Choice(*SOFT_PROMPTS),
+        "input_norm": Choice(*INPUT_NORMS),
+        "bucket_window": Int(0),  # 0 or 1: plain shuffled batches
+        "grad_accum": POSITIVE, "warmup_start_lr": FRACTION, "warmup_steps": Int(0), "min_lr": FRACTION,
+        "max_steps": POSITIVE, "lr_horizon": Int(1, optional=True), "eval_every": POSITIVE,
+        "selection_metric": Choice(*SELECTION_METRICS),
+        "limit_train": Int(1, optional=True), "limit_valid": Int(1, optional=True), "eval_batch_size": POSITIVE,
+        "valid_per_user": Int(2, optional=True),  # as --per-user: UAUC needs both labels of a user
+        "valid_seed": Int(0, SEED_MAX, optional=True),
+        "stage_settings": DICT,
+    },
+    "Experiment": {
+        "name": STR, "data": STR, "out": STR, "rows": LIST, "budget": STR, "source": OPT_STR,
+        "test_limit": Int(1, optional=True),
+        "test_per_user": Int(2, optional=True),  # UAUC needs both labels of a user
+        "llm": DICT, "cf": DICT, "plots": LIST, "cf_root": OPT_STR, "reference": OPT_STR,
+    },
+    # Command-line options that are no config field (names as the flag, without dashes).
+    "options": {
+        "limit": POSITIVE, "per_user": Int(2), "k": POSITIVE, "candidates": POSITIVE, "limit_users": POSITIVE,
+        "user": POSITIVE,  # ids start at 1; 0 is padding
+        "batch_size": POSITIVE, "port": Int(0, 65535),  # 0: any free port
+        "max_batch": POSITIVE,
+        "max_wait_ms": Float(0, 60_000), "queue_size": POSITIVE,
+    },
+}
+
+
+def check_value(scope: str, name: str, value: Any, source: str | None = None, label: str | None = None) -> Any:
+    """``value`` of setting ``name`` in ``scope`` (a key of :data:`RANGES`), converted where that is
+    safe (an int or a YAML string such as "1e-3" for a float, a path for a string); anything else
+    outside the table's range is a :class:`CoraError` naming ``source``, the setting and what is
+    allowed. A name without an entry passes unchecked (the test of the table catches it)."""
+    spec = RANGES[scope].get(name)
+    if spec is None or (value is None and spec.optional):
+        return value
+    converted = _convert(spec, value)
+    if converted is _BAD or not _within(spec, converted):
+        label = label or f"field '{name}'"
+        where = f"{source}: " if source else ""
+        raise CoraError(f"{where}{label} = {_show(value)}: must be {spec.allowed()}")
+    return converted
+
+
+def check_fields(scope: str, values: dict, source: str) -> dict:
+    """Every setting of ``values`` checked by :func:`check_value`; returns the converted values."""
+    return {k: check_value(scope, k, v, source) for k, v in values.items()}
+
+
+def check_flags(scope: str, flags: dict[str, Any], spelled: dict[str, str] | None = None) -> None:
+    """Command-line flags (None = not given) of the settings of ``scope``, named as the user typed
+    them: ``--batch-size``, or ``spelled[name]`` where the flag is spelled otherwise (``--wd``)."""
+    for name, value in flags.items():
+        if value is not None:
+            flag = (spelled or {}).get(name) or "--" + name.replace("_", "-")
+            check_value(scope, name, value, label=flag)
+
+
+def check_options(**options: Any) -> None:
+    """Command-line options that are no config field (``RANGES['options']``; None = not given)."""
+    check_flags("options", options)
+
+
+_BAD = object()
+
+
+def _convert(spec: Spec, value: Any) -> Any:
+    if isinstance(value, bool) and spec.type is not bool:  # True is an int to Python, not to a user
+        return _BAD
+    if spec.type is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                return _BAD
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else _BAD
+    if spec.type is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value if isinstance(value, spec.type) else _BAD
+
+
+def _within(spec: Spec, v: Any) -> bool:
+    if spec.type in (int, float):
+        if spec.lo is not None and (v < spec.lo or (spec.lo_open and v == spec.lo)):
+            return False
+        return spec.hi is None or not (v > spec.hi or (spec.hi_open and v == spec.hi))
+    if spec.choices is not None:
+        return v in spec.choices
+    if spec.pattern is not None:
+        return re.fullmatch(spec.pattern, v) is not None
+    if spec.letters is not None:
+        return bool(v.strip()) and set(v.strip().lower()) <= set(spec.letters)
+    return True
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
