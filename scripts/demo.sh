@@ -42,8 +42,8 @@ if [ ! -f "$RUN/cora-mf/train_summary.json" ]; then
 fi
 [ -f "$RUN/icl/config.yaml" ] || cora train --data "$RUN/data" --method icl --out "$RUN/icl" --backbone smollm2-135m
 
-echo "== scoring the same $TEST_ROWS-row test sample (whole users, seeded) with every model"
-KEY="test-limit$TEST_ROWS"
+echo "== scoring the same ~$TEST_ROWS-row test sample (seeded users, <= 10 rows each) with every model"
+KEY="test-limit$TEST_ROWS-per10"
 has() { python -c 'import json, sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1])))' "$1/metrics.json" "$KEY" 2>/dev/null; }
 has "$RUN/mf" || cora cf evaluate "$RUN/mf" --split test --limit "$TEST_ROWS"
 has "$RUN/icl" || cora evaluate "$RUN/icl" --split test --limit "$TEST_ROWS"

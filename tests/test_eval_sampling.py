@@ -49,3 +49,24 @@ def test_split_key_names_the_sample():
     assert split_key("test", None) == "test" and split_key("test", None, 10) == "test"
     assert split_key("test", 500) == "test-limit500"
     assert split_key("test", 1000, 10) == "test-limit1000-per10"
+
+
+def test_cli_limit_caps_rows_per_user_unless_whole_users_are_asked_for(run):
+    """`--limit N` alone spreads ~N rows over many users (issue 16); --whole-users is the old sample."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cora.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["evaluate", str(run), "--split", "valid", "--limit", "30"]).exit_code == 0
+    assert runner.invoke(app, ["evaluate", str(run), "--split", "valid", "--limit", "30", "--whole-users"]).exit_code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"valid-limit30-per10", "valid-limit30"} <= set(metrics)
+    import pandas as pd
+
+    capped = pd.read_parquet(run / "predictions-valid-limit30-per10.parquet")
+    assert capped.groupby("uid").size().max() <= 10
+    done = runner.invoke(app, ["evaluate", str(run), "--split", "valid", "--whole-users"])
+    assert done.exit_code != 0 and "go with --limit" in str(done.exception)  # app: main() prints it

@@ -21,7 +21,7 @@ from helpers import run_cli
 def tiny_experiment(root, **over) -> dict:
     d = {
         "name": "tiny", "budget": "a few seconds", "data": str(tiny_dataset(root)), "out": str(root / "exp"),
-        "test_limit": 60,
+        "test_limit": 60, "test_per_user": None,  # whole users: the tiny dataset has few
         "llm": {"backbone": str(tiny_backbone_folder(root)), "rank": 4, "alpha": 8.0, "gen_layers": 1, "gen_heads": 2,
                 "gen_ffn": 32, "batch_size": 4, "eval_batch_size": 8, "max_steps": 4, "eval_every": 2,
                 "warmup_steps": 1, "limit_valid": 30, "lr": 1e-2, "seed": 3},
@@ -170,15 +170,14 @@ def test_report_only_lists_unfinished_rows(tmp_path):
      "'MF' must be an LLM row"),
     (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": "ICL"}),
      "stage_from must map a stage to an earlier row"),
-    (lambda d: d.update(test_limit=None, test_per_user=5), "test_per_user goes with test_limit"),
     (lambda d: d.update(reference="TALLRec"), "reference 'TALLRec' is not a row name"),
     (lambda d: d["rows"][0].update(seeds=[1, 2]), "rows[0]: seeds are for LLM rows"),
     (lambda d: d["rows"][1].update(seeds=[1, 1]), "seeds must be a list of distinct integers"),
     (lambda d: d["rows"][1].update(seeds=3), "seeds must be a list of distinct integers"),
     (lambda d: d["rows"][1].update(seeds=[1], seed=2), "give seed or seeds, not both"),
-    (lambda d: d["rows"].extend([{"name": "T", "method": "tallrec"}, {"name": "C", "method": "collm", "cf": "mf",
-                                                                      "seeds": [1], "stage_from": {"lora": "T"}}]),
-     "stage_from lora: 'T' has no run with seed 1 (its seeds: [3]); give 'T' seeds: [1] too"),
+    (lambda d: d["rows"].extend([{"name": "T", "method": "tallrec", "seeds": [2]},
+                                 {"name": "C", "method": "collm", "cf": "mf", "seeds": [1], "stage_from": {"lora": "T"}}]),
+     "stage_from lora: 'T' has no run with seed 1 (its seeds: [2]); give 'T' seeds: [1] too"),
     (lambda d: d["rows"].extend([{"name": "T", "method": "tallrec", "seeds": [1]},
                                  {"name": "C", "method": "collm", "cf": "mf", "stage_from": {"lora": "T"}}]),
      "'T' is trained once per seed; give 'C' seeds too"),
@@ -254,3 +253,25 @@ def test_shipped_experiment_files_validate_and_state_a_budget(name):
     assert exp.budget, "every shipped experiment prints its budget into results.md"
     if name.startswith("ml1m-table3"):  # Table 3: all 14 rows of the paper
         assert len(exp.rows) == 14
+
+
+def test_a_limited_test_sample_caps_rows_per_user_by_default(tmp_path):
+    d = tiny_experiment(tmp_path)
+    del d["test_per_user"]
+    exp = Experiment.load(write_yaml(tmp_path / "e.yaml", d))
+    assert (exp.per_user, exp.key) == (10, "test-limit60-per10")
+    d.update(test_limit=None)
+    assert Experiment.load(write_yaml(tmp_path / "e.yaml", d)).key == "test"  # no sample, no cap
+
+
+def test_seeded_rows_share_one_unseeded_donor(tmp_path):
+    """CoLLM-MF's seeds may all start from one TALLRec run (issue 16 allows it; the summary keeps
+    the donor's seed)."""
+    d = tiny_experiment(tmp_path, plots=[])
+    d["rows"] = [{"name": "T", "method": "tallrec"},
+                 {"name": "C", "method": "collm", "cf": "mf", "seeds": [1, 2], "stage_from": {"lora": "T"}}]
+    exp = Experiment.load(write_yaml(tmp_path / "e.yaml", d))
+    run_experiment(exp)
+    for seed in (1, 2):
+        stage = json.loads((tmp_path / "exp" / f"c-seed{seed}" / "stage-1-lora" / "train_summary.json").read_text())
+        assert stage["reused_from"] == str(tmp_path / "exp" / "t") and stage["donor_seed"] == 3

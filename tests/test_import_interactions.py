@@ -74,6 +74,7 @@ def assert_same_splits(mine: dict[str, pd.DataFrame], ref: dict[str, pd.DataFram
             assert mine[s][col].tolist() == ref[s][col].tolist(), (s, col)
 
 
+@pytest.mark.slow
 def test_ml1m_csv_import_equals_prepare_movielens(ml1m_both):
     assert_same_splits(ml1m_both["imported"], ml1m_both["prepared"])
     ref, mine = ml1m_both["prepared_meta"], ml1m_both["imported_meta"]
@@ -88,6 +89,7 @@ def test_ml1m_csv_import_equals_prepare_movielens(ml1m_both):
     assert src["label"] == "rating >= 4"
 
 
+@pytest.mark.slow
 def test_ml1m_id_maps_point_back_to_the_raw_ids(ml1m_both):
     root, train = ml1m_both["root"], ml1m_both["imported"]["train"]
     users = pd.read_parquet(root / "imported" / "users.parquet")
@@ -103,6 +105,7 @@ def test_ml1m_id_maps_point_back_to_the_raw_ids(ml1m_both):
     assert match["timestamp"].astype(int).tolist() == [first["timestamp"]]
 
 
+@pytest.mark.slow
 def test_ml1m_times_as_iso_strings_with_an_offset_are_the_same_instants(ml1m_both):
     """Real timestamps written as ISO text in UTC+9 ('2001-01-01T07:12:40+09:00') parses back
     to the same unix second; naive ISO text is UTC."""
@@ -179,7 +182,8 @@ def test_small_log_follows_the_protocol(tmp_path):
 def test_valid_small_fraction_and_seed(tmp_path):
     events = [(f"u{u}", f"i{i}", 1 + (u * i) % 5, ts(2020, 1 + (i % 3), 1 + u, i)) for u in range(20) for i in range(9)]
     ratings, items = write_events(tmp_path / "in", events, titles={f"i{i}": f"Item {i}" for i in range(9)})
-    a = import_interactions(ratings, tmp_path / "a", items=items, split_dates="2020-01-01,2020-02-01,2020-03-01,2020-04-01",
+    a = import_interactions(ratings, tmp_path / "a", items=items,
+                            split_dates="2020-01-01,2020-02-01,2020-03-01,2020-04-01",
                             valid_small_frac=0.25, seed=7)
     b = splits_of(tmp_path / "a")
     expected = b["valid"].sample(frac=0.25, random_state=7)
@@ -210,7 +214,8 @@ def test_auto_detected_columns_movielens_latest_style(tmp_path):
     """ratings.csv (userId,movieId,rating,timestamp) + movies.csv (movieId,title,genres), as GroupLens ships."""
     ratings, _ = write_events(tmp_path / "in", header=("userId", "movieId", "rating", "timestamp"))
     movies = tmp_path / "in" / "movies.csv"
-    pd.DataFrame({"movieId": list(TITLES), "title": list(TITLES.values()), "genres": "Drama"}).to_csv(movies, index=False)
+    movie_table = pd.DataFrame({"movieId": list(TITLES), "title": list(TITLES.values()), "genres": "Drama"})
+    movie_table.to_csv(movies, index=False)
     meta = import_interactions(ratings, tmp_path / "out", items=movies, split_dates=DATES)
     assert meta["source"]["columns"] == {"user": "userId", "item": "movieId", "time": "timestamp",
                                          "rating": "rating", "title": "title"}
@@ -267,7 +272,8 @@ def test_parquet_with_typed_columns_equals_the_csv(tmp_path):
     events["when"] = pd.to_datetime(events.pop("timestamp"), unit="s")
     events["liked"] = events.pop("rating") >= 4
     events.to_parquet(tmp_path / "events.parquet")
-    pd.DataFrame({"item": [int(k[1:]) for k in TITLES], "title": list(TITLES.values())}).to_parquet(tmp_path / "items.pq")
+    item_table = pd.DataFrame({"item": [int(k[1:]) for k in TITLES], "title": list(TITLES.values())})
+    item_table.to_parquet(tmp_path / "items.pq")
     meta = import_interactions(tmp_path / "events.parquet", tmp_path / "from-parquet", items=tmp_path / "items.pq",
                                time="when", split_dates=DATES)
     assert meta["source"]["label"] == "column 'liked' (0/1)"

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from cora.config import LLM_DEFAULTS, LLMConfig, method_defaults
+from cora.config import LLM_DEFAULTS, NEW_RUN_DEFAULTS, LLMConfig, method_defaults
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping
 from cora.methods import METHODS
@@ -48,6 +48,7 @@ def test_every_method_has_reference_settings_and_the_table_says_what_the_referen
         assert got == expected, (method, cf_model)
         assert {k: getattr(cfg, k) for k in LOOP} == LOOP
         assert cfg.calibrate_logit  # the CPU-budget deviation stays the default (README)
+        assert cfg.valid_per_user == 10  # new runs validate on <= 10 rows of each drawn user
 
 
 def test_given_fields_win_over_the_table_and_a_resolved_config_is_left_alone():
@@ -55,8 +56,8 @@ def test_given_fields_win_over_the_table_and_a_resolved_config_is_left_alone():
     assert (cfg.rank, cfg.alpha, cfg.batch_size, cfg.lr_horizon) == (8, 128.0, 16, 300)
     old = LLMConfig(method="prompt4nr")  # a config.yaml written before the table: every field named
     assert LLMConfig.for_method(old.to_dict()) == old
-    assert (old.soft_prompt, old.lr_horizon) == ("prefix", None)  # what the old fields meant
-    assert method_defaults("nope") == {}
+    assert (old.soft_prompt, old.lr_horizon, old.valid_per_user) == ("prefix", None, None)  # what old fields meant
+    assert method_defaults("nope") == NEW_RUN_DEFAULTS  # an unknown method: only what every new run gets
 
 
 def test_the_cf_model_is_read_from_the_cf_run(root):

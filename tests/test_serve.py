@@ -198,8 +198,9 @@ def gappy_client(rec):
     import dataclasses
 
     gappy = copy.copy(rec)
-    gappy.catalog = dataclasses.replace(rec.catalog, histories={u: h for u, h in rec.catalog.histories.items() if u != 5},
-                                        titles={i: t for i, t in rec.catalog.titles.items() if i != 7})
+    histories = {u: h for u, h in rec.catalog.histories.items() if u != 5}
+    titles = {i: t for i, t in rec.catalog.titles.items() if i != 7}
+    gappy.catalog = dataclasses.replace(rec.catalog, histories=histories, titles=titles)
     with TestClient(create_app(gappy, max_batch=8, max_wait_ms=1, queue_size=16)) as c:
         yield c
 

@@ -102,7 +102,8 @@ def test_a_body_over_the_byte_limit_is_413_json(rec):
     pairs = {"pairs": [{"user": 1, "item": 2}] * 5}
     size = len(json.dumps(pairs).encode())
     with TestClient(create_app(rec, max_body_bytes=size)) as c:
-        assert c.post("/score", content=json.dumps(pairs), headers={"content-type": "application/json"}).status_code == 200
+        json_type = {"content-type": "application/json"}
+        assert c.post("/score", content=json.dumps(pairs), headers=json_type).status_code == 200
         big = json.dumps({"pairs": [{"user": 1, "item": 2}] * 6})
         r = c.post("/score", content=big, headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.headers["content-type"] == "application/json"
@@ -138,3 +139,26 @@ def test_health_is_503_once_shutting_down(rec):
         assert r.status_code == 503 and r.json()["status"] == "shutting down"
         r = c.post("/score", json={"pairs": [{"user": 1, "item": 2}]})
         assert r.status_code == 503 and "shutting down" in r.json()["detail"] and r.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--max-pairs", "0"], "--max-pairs = 0: must be an integer >= 1"),
+    (["--max-body-bytes", "0"], "--max-body-bytes = 0: must be an integer >= 1"),
+    (["--shutdown-grace", "-1"], "--shutdown-grace = -1.0: must be a number >= 0"),
+])
+def test_bad_limit_flags_are_one_line_errors_before_the_model_loads(run, monkeypatch, capsys, flags, needle):
+    import cora.serve.recommend
+    import cora.serve.server
+    from cora import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the flag was not refused")
+
+    monkeypatch.setattr(cora.serve.server, "serve", refuse)  # a wrongly accepted flag must not block on a server
+    monkeypatch.setattr(cora.serve.recommend.Recommender, "from_run", refuse)
+    monkeypatch.setattr(sys, "argv", ["cora", "serve", str(run), *flags])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert e.value.code == 1 and len(lines) == 1 and needle in lines[0], err

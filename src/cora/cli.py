@@ -180,15 +180,16 @@ def cf_train(
 def cf_evaluate(
     run: Path = typer.Argument(..., help="CF run folder."),
     split: str = typer.Option("test", help="valid | test"),
-    limit: Optional[int] = typer.Option(None, help="Score the same ~N-row whole-user sample as 'cora evaluate --limit N'."),
+    limit: Optional[int] = typer.Option(None, help="Score the same ~N-row seeded sample as 'cora evaluate --limit N'."),
     per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
-                                           "(spreads the sample over more users)."),
+                                           "(default 10: the sample spreads over ~N/10 users)."),
+    whole_users: bool = typer.Option(False, "--whole-users", help="With --limit: keep every row of each drawn user."),
 ) -> None:
     """Recompute a split's metrics from the saved CF model."""
     from cora.cf.train import evaluate_cf_run
 
     check_options(limit=limit, per_user=per_user)
-    _check_per_user(limit, per_user)
+    per_user = _per_user(limit, per_user, whole_users)
     metrics = evaluate_cf_run(run, split, limit, per_user)
     _print_metrics({split: metrics}, title=str(run))
 
@@ -277,9 +278,11 @@ def train_cmd(
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
     split: str = typer.Option("test", help="valid | valid_small | test"),
-    limit: Optional[int] = typer.Option(None, help="Score ~N rows made of whole users (seeded)."),
+    limit: Optional[int] = typer.Option(None, help="Score a seeded sample of ~N rows (<= --per-user rows of each "
+                                        "drawn user)."),
     per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
-                                           "(spreads the sample over more users)."),
+                                           "(default 10: the sample spreads over ~N/10 users)."),
+    whole_users: bool = typer.Option(False, "--whole-users", help="With --limit: keep every row of each drawn user."),
     ranking: bool = typer.Option(False, "--ranking", help="Top-K instead: HR@K / NDCG@K of CF alone vs CF + "
                                  "rerank by the run (protocol: cora.serve.ranking)."),
     k: int = typer.Option(10, "--k", help="--ranking: length of the top list."),
@@ -291,8 +294,8 @@ def evaluate_cmd(
     With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json)."""
     check_options(limit=limit, per_user=per_user, k=k, candidates=candidates, limit_users=limit_users)
     if ranking:
-        if limit is not None or per_user is not None:
-            raise CoraError("--limit / --per-user are for AUC; with --ranking use --limit-users")
+        if limit is not None or per_user is not None or whole_users:
+            raise CoraError("--limit / --per-user / --whole-users are for AUC; with --ranking use --limit-users")
         from cora.serve.ranking import evaluate_ranking
 
         _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf), title=str(run))
@@ -301,14 +304,19 @@ def evaluate_cmd(
         raise CoraError("--limit-users and --cf go with --ranking")
     from cora.train.run import evaluate_run
 
-    _check_per_user(limit, per_user)
-    metrics = evaluate_run(run, split, limit, per_user=per_user)
+    metrics = evaluate_run(run, split, limit, per_user=_per_user(limit, per_user, whole_users))
     _print_metrics({split: metrics}, title=str(run))
 
 
-def _check_per_user(limit: int | None, per_user: int | None) -> None:
-    if per_user is not None and limit is None:
-        raise CoraError("--per-user goes with --limit (it caps the rows per user of a limited sample)")
+def _per_user(limit: int | None, per_user: int | None, whole_users: bool) -> int | None:
+    """The per-user cap of an evaluation sample (cora.data.sampling.resolve_per_user)."""
+    from cora.data.sampling import resolve_per_user
+
+    if (per_user is not None or whole_users) and limit is None:
+        raise CoraError("--per-user / --whole-users go with --limit (they shape a limited sample)")
+    if per_user is not None and whole_users:
+        raise CoraError("give --per-user or --whole-users, not both")
+    return resolve_per_user(limit, per_user, whole_users)
 
 
 def _print_ranking(m: dict, title: str) -> None:
@@ -394,6 +402,43 @@ def report_cmd(
         console.print(f"wrote {path}")
 
 
+@app.command("probe")
+def probe_cmd(
+    runs: Optional[list[Path]] = typer.Argument(None, help="LLM run folders (none: the --backbone alone)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="The frozen-backbone row (default: the first "
+                                           "run's backbone)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose items are asked about (default: the "
+                                        "first run's)."),
+    movies: Optional[Path] = typer.Option(None, "--movies", help="GroupLens movies.dat: genres joined by exact title "
+                                          "(datasets without genres, e.g. the CoLLM import); alone: its movies."),
+    n: int = typer.Option(300, "--n", help="Questions per task."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the questions, the CoRA pair and the bootstrap."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences (question + choice) per forward pass."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the questions (>= 1000)."),
+    out: Path = typer.Option(Path("probe"), "--out", help="Folder for probe.md, probe.png, probe.json, questions.json."),
+) -> None:
+    """Knowledge probe (the paper's Fig. 1): 4-choice questions on the items' years, genres and
+    title matching, scored by log-likelihood on the frozen backbone and on each run's LLM (CoRA:
+    without and with one pair's weights); accuracy with a 95 % question-bootstrap interval."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cora.probe.report import headers, table_rows
+    from cora.probe.run import run_probe
+
+    result = run_probe(runs or [], backbone=backbone, data=data, movies=movies, n=n, seed=seed,
+                       batch_size=batch_size, resamples=resamples, out=out,
+                       log=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))
+    t = Table(title=f"knowledge probe -> {out}", caption="accuracy [95 % question bootstrap]; chance 0.25",
+              caption_justify="left")
+    for k, c in enumerate(headers(result["rows"])):
+        t.add_column(c, justify="left" if k == 0 else "right", no_wrap=True)
+    for cells in table_rows(result["rows"]):
+        t.add_row(*map(escape, cells))  # "[0.57, 0.68]" is text, not rich markup
+    console.print(t)
+    console.print(f"wrote {out / 'probe.md'}, {out / 'probe.png'}, {out / 'probe.json'}")
+
+
 # ----------------------------------------------------------------------------- serving
 @app.command("recommend")
 def recommend_cmd(
@@ -458,6 +503,13 @@ def serve_cmd(
                                          help="Seconds queued requests get after SIGTERM; the rest: 503."),
 ) -> None:
     """HTTP service: /score, /recommend, /info, /health (OpenAPI at /openapi.json, docs at /docs)."""
+    import importlib.util
+
+    # fastapi and uvicorn come with the `serve` extra, not with a plain install: say so in one
+    # line instead of a ModuleNotFoundError from deep inside cora.serve.
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CoraError(f"cora serve needs {' and '.join(missing)}: pip install 'cora-rec[serve]'")
     check_options(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     from cora.serve.server import check_serve_flags, serve
 

@@ -197,6 +197,10 @@ class LLMConfig(_YamlConfig):
         return (self.gen_layers or (8 if big else 2), self.gen_ffn or (3072 if big else 1024))
 
 
+# Settings of every new run that differ from what an older config.yaml without the field means:
+# a limited validation sample keeps at most 10 rows of each drawn user (DEFAULT_PER_USER).
+NEW_RUN_DEFAULTS: dict[str, Any] = {"valid_per_user": 10}
+
 # What ``stage_settings`` may set: the loop's settings, nothing that changes the method's parts.
 STAGE_FIELDS = {"lr", "batch_size", "grad_accum", "warmup_start_lr", "warmup_steps", "min_lr", "weight_decay",
                 "max_steps", "lr_horizon", "eval_every", "patience"}
@@ -231,7 +235,7 @@ LLM_DEFAULTS: dict[str, dict[str, Any]] = {
 def method_defaults(method: str, cf_model: str | None = None) -> dict[str, Any]:
     """The reference settings of ``method`` fed by ``cf_model`` (an unknown method gets none:
     method_class names the error when the run is built)."""
-    out = dict(LLM_DEFAULTS.get(method, {}))
+    out = dict(NEW_RUN_DEFAULTS, **LLM_DEFAULTS.get(method, {}))
     if cf_model:
         out.update(LLM_DEFAULTS.get(f"{method}/{cf_model}", {}))
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}

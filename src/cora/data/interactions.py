@@ -67,6 +67,8 @@ CANDIDATES = {
     "label": ("label", "click", "clicked", "liked"),
     "title": ("title", "movie_title", "item_title", "book_title", "name"),
 }
+# Item genres ("Action|Crime", as in movies.dat) kept in items.parquet for `cora probe`.
+GENRE_COLUMNS = ("genres", "genre")
 OPTION = {"user": "--user", "item": "--item", "time": "--time", "rating": "--rating", "label": "--label",
           "title": "--title"}
 
@@ -493,9 +495,13 @@ def attach_titles(events: pd.DataFrame, src: Source, item_col: str, titles: pd.D
 
 
 def titles_from_events(src: Source, item_col: str, title_col: str) -> pd.DataFrame:
-    """item -> title when the interactions carry titles: the first non-empty title of each item."""
+    """item -> title when the interactions carry titles: the first non-empty title of each item,
+    with that row's genres when the file has a genres column (an --items file keeps all its
+    columns anyway; from an event log only these two would otherwise survive)."""
     values = src.table[title_col]
     table = pd.DataFrame({"item": ids_as_text(src, item_col).to_numpy(), "title": values.to_numpy(dtype=object)})
+    if (genres := next((c for c in src.table.columns if _norm(c) in GENRE_COLUMNS), None)) is not None:
+        table["genres"] = src.table[genres].to_numpy(dtype=object)
     given = table[~_is_missing(values)]
     firsts = given.drop_duplicates("item", keep="first")
     return pd.concat([firsts, table[~table["item"].isin(firsts["item"])].drop_duplicates("item")],
@@ -555,8 +561,8 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
     item_rows = item_rows.merge(catalogue, on="item", how="left")
     source = _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, fracs, src, data,
                           valid_small_frac, seed)
-    return _write(out, splits, users, item_rows, name=name or out.name, domain=domain, source=source,
-                  overwrite=overwrite)
+    return write_with_id_maps(out, splits, users, item_rows, name=name or out.name, domain=domain, source=source,
+                              overwrite=overwrite)
 
 
 def _check_options(out: Path, rating, label, threshold, split_dates, split_fractions, valid_small_frac,
@@ -629,9 +635,10 @@ def _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, 
     }
 
 
-def _write(out: Path, splits: dict[str, pd.DataFrame], users: pd.DataFrame, items: pd.DataFrame, *,
-           name: str, domain: str, source: dict, overwrite: bool) -> dict:
-    """The shared writer fills the folder; the id maps join it inside the same atomic build."""
+def write_with_id_maps(out: Path, splits: dict[str, pd.DataFrame], users: pd.DataFrame, items: pd.DataFrame, *,
+                       name: str, domain: str, source: dict, overwrite: bool) -> dict:
+    """The shared writer fills the folder; the id maps join it inside the same atomic build
+    (also ``cora data prepare movielens``'s writer, so both folders have the same layout)."""
     extra = {"id_maps": {"users": "users.parquet", "items": "items.parquet"}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         meta = write_dataset(tmp, splits, name=name, domain=domain, source=source, overwrite=True, extra=extra)

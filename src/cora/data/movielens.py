@@ -12,7 +12,10 @@ The output is meant to be row-for-row the data CoLLM / BinLLM / CoRA trained on
 * ``valid_small`` is ``valid.sample(frac=0.5, random_state=2023)``; pandas samples by position, so
   it is the same rows as theirs as long as valid's row order is.
 
-users.dat is not read: the protocol uses no user attributes.
+users.dat is not read: the protocol uses no user attributes. Besides the splits the folder holds
+``users.parquet`` (uid -> raw user id) and ``items.parquet`` (iid -> raw movie id, title and the
+``|``-separated genres of movies.dat), as ``cora data import-interactions`` writes them; the
+genres feed ``cora probe``, nothing in training reads them.
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cora.data.interactions import (build_table, make_splits, order_events, parse_split_dates, sample_split,
-                                    tie_order)
-from cora.data.store import write_dataset
+                                    tie_order, write_with_id_maps)
 from cora.errors import CoraError
 from cora.io import sha256_file
 
@@ -176,7 +178,16 @@ def _read_movies(f: RawFile) -> pd.DataFrame:
     if dup.any():
         line_no = int(movies.index[dup.to_numpy().argmax()])
         raise CoraError(f"{f.label} line {line_no}: movie id {movies.loc[line_no, 'iid']} is listed twice")
-    return movies[["iid", "title"]].reset_index(drop=True)
+    return movies[["iid", "title", "genres"]].reset_index(drop=True)
+
+
+def read_movies(path: str | Path) -> pd.DataFrame:
+    """A GroupLens ``movies.dat`` file (``id::title::genres``) as iid, title, genres (text,
+    ``|``-separated as in the file); every problem is one line naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CoraError(f"{path}: movie list not found (expected a GroupLens movies.dat: id::title::genres)")
+    return _read_movies(RawFile(label=str(path), name=path.name, read=path.read_bytes))
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -191,10 +202,11 @@ def _join_titles(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
     return tie_order(events)
 
 
-def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> dict[str, pd.DataFrame]:
-    """The shared protocol (cora.data.interactions): windows, (uid, time) order, histories, ids."""
+def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> tuple[dict[str, pd.DataFrame], pd.Index, pd.Index]:
+    """The shared protocol (cora.data.interactions): windows, (uid, time) order, histories, ids.
+    Also returns the raw user and movie ids of uids / iids 1..N, for the id maps."""
     events = joined.assign(label=(joined["rating"] >= POSITIVE_RATING).astype("int64"))
-    table, _, _ = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))
+    table, users, items = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))
 
     def empty(split: str, valid_rows: int) -> str:
         if split == "valid_small":
@@ -202,7 +214,7 @@ def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> dict[str, pd.D
         return (f"{ratings_label}: no ratings fall in the {split} window ({SPLIT_WINDOWS[split]}, UTC); "
                 "is this the ML-1M ratings file?")
 
-    return make_splits(table, frac=VALID_SMALL_FRACTION, seed=VALID_SMALL_SEED, empty=empty)
+    return make_splits(table, frac=VALID_SMALL_FRACTION, seed=VALID_SMALL_SEED, empty=empty), users, items
 
 
 def sample_valid_small(valid: pd.DataFrame) -> pd.DataFrame:
@@ -227,7 +239,7 @@ def prepare_movielens(raw: str | Path, out: str | Path, *, overwrite: bool = Fal
     ratings, ratings_sha = _read_ratings(ratings_file)
     movies = _read_movies(files[MOVIES_FILE])
     joined = _join_titles(ratings, movies)
-    splits = _protocol_splits(joined, ratings_file.label)
+    splits, users, items = _protocol_splits(joined, ratings_file.label)
     source = {
         "path": str(raw.resolve()),
         "format": "grouplens-ml-1m",
@@ -240,4 +252,8 @@ def prepare_movielens(raw: str | Path, out: str | Path, *, overwrite: bool = Fal
     }
     if raw.is_file():
         source["sha256"] = sha256_file(raw)
-    return write_dataset(out, splits, name="ml-1m", domain="movies", source=source, overwrite=overwrite)
+    user_rows = pd.DataFrame({"uid": np.arange(1, len(users) + 1), "user": np.asarray(users, dtype=np.int64)})
+    item_rows = pd.DataFrame({"iid": np.arange(1, len(items) + 1), "item": np.asarray(items, dtype=np.int64)})
+    item_rows = item_rows.merge(movies.rename(columns={"iid": "item"}), on="item", how="left")
+    return write_with_id_maps(out, splits, user_rows, item_rows, name="ml-1m", domain="movies", source=source,
+                              overwrite=overwrite)

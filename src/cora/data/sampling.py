@@ -33,6 +33,19 @@ def sample_users(df: pd.DataFrame, max_rows: int | None, seed: int, per_user: in
     return kept
 
 
+# The rows per user a limited sample keeps unless told otherwise (CLI --limit, experiments'
+# test_limit, training's limit_valid in new runs): ~N rows then spread over ~N/10 users.
+DEFAULT_PER_USER = 10
+
+
+def resolve_per_user(limit: int | None, per_user: int | None, whole_users: bool = False) -> int | None:
+    """The per-user cap of a sample of ~``limit`` rows: ``per_user`` if given, none if whole users
+    are asked for (or there is no limit), else :data:`DEFAULT_PER_USER`."""
+    if limit is None or whole_users:
+        return None
+    return DEFAULT_PER_USER if per_user is None else per_user
+
+
 def sample_rows(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
     if max_rows is None or len(df) <= max_rows:
         return df

@@ -105,6 +105,14 @@ class Dataset:
             out.update(zip(df["iid"].tolist(), df["title"].tolist()))
         return out
 
+    def item_table(self) -> pd.DataFrame | None:
+        """``items.parquet`` (iid, title and what the importer kept beside them: the raw id, genres),
+        or None for a folder without one (the CoLLM import carries titles only)."""
+        path = self.root / "items.parquet"
+        if not path.exists():
+            return None
+        return read_parquet(path, "items table", columns=["iid", "title"])
+
 
 def load_dataset(root: str | Path) -> Dataset:
     root = Path(root)

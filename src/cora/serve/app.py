@@ -144,7 +144,8 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
 
     @app.post("/recommend", response_model=RecommendResponse,
               responses=_errors(limits, {404: "Unknown user id (in range, not in the dataset)",
-                                         501: "No CF model to retrieve with (start with --cf)"}))
+                                         501: "No CF model to retrieve with (start with --cf), or "
+                                              "one without this user in its table"}))
     async def recommend(req: RecommendRequest) -> RecommendResponse:
         try:
             # CF retrieval is one user vector against the item table: cheap enough for the event loop.

@@ -73,7 +73,8 @@ class MicroBatcher:
 
     async def drain(self, grace_s: float) -> int:
         """Close, give the requests already submitted up to ``grace_s`` seconds to be scored, then
-        reject those still waiting with :class:`ShuttingDown`. Returns how many were rejected."""
+        reject those still waiting with :class:`ShuttingDown`. Returns how many it took from the
+        queue to reject (the worker rejects the one or two it holds apart from a running batch)."""
         self.close()
         if self._idle is None:
             return 0

@@ -14,7 +14,7 @@ Config (YAML)::
     source: ../shared/data/collm-ml-1m.zip     # optional: imported into `data` when absent
     out: runs/experiments/ml1m-table3
     test_limit: 1500                           # whole-user test sample of ~N rows; null = all
-    test_per_user: 10                          # optional: at most N rows of each drawn user
+    test_per_user: 10                          # at most N rows of each drawn user (default 10; null: whole users)
     llm: {backbone: smollm2-135m, max_steps: 600, ...}   # LLMConfig fields for every LLM row
     cf: {mf: {model: mf}, sasrec: {model: sasrec}}     # CF runs by key (CFConfig fields)
     plots: [warm_cold, text_vs_id, modules]
@@ -29,8 +29,8 @@ Config (YAML)::
       - {name: CoRA-MF x3, method: cora, cf: mf, seeds: [1, 2, 3]}
         # seeds (LLM rows): trained once per seed into <row>-seed<N>/ (the LLMConfig seed);
         # reported as the mean over seeds with their standard deviation. With stage_from, a
-        # seeded row takes the donor run of the same seed, so the donor needs those seeds too
-        # (a stage is only taken from a run trained with the same settings, seed included).
+        # seeded row takes the donor run of the same seed when the donor has seeds too, and
+        # the donor's one run for every seed when it has none.
 
 Results: results.md / results.json give every AUC / UAUC with the 95 % interval of a user-level
 paired bootstrap and each row's difference to the reference (cora.eval.bootstrap), and
@@ -48,7 +48,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cora.config import CFConfig, LLMConfig
-from cora.data.sampling import split_key
+from cora.data.sampling import DEFAULT_PER_USER, split_key
 from cora.errors import CoraError
 from cora.eval.curves import run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
@@ -71,7 +71,8 @@ class Experiment:
     budget: str = ""
     source: str | None = None
     test_limit: int | None = None
-    test_per_user: int | None = None  # with test_limit: at most N rows per drawn user
+    # With test_limit: at most N rows of each drawn user (null: whole users). Ignored without one.
+    test_per_user: int | None = DEFAULT_PER_USER
     llm: dict = field(default_factory=dict)
     cf: dict = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
@@ -82,7 +83,11 @@ class Experiment:
 
     @property
     def key(self) -> str:
-        return split_key("test", self.test_limit, self.test_per_user)
+        return split_key("test", self.test_limit, self.per_user)
+
+    @property
+    def per_user(self) -> int | None:
+        return self.test_per_user if self.test_limit is not None else None
 
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
@@ -135,14 +140,13 @@ class Experiment:
             self._check_seeds(row, where)
         if self.reference is not None and self.reference not in names:
             raise CoraError(f"{source}: reference '{self.reference}' is not a row name (rows: {', '.join(names)})")
-        if self.test_per_user is not None and self.test_limit is None:
-            raise CoraError(f"{source}: test_per_user goes with test_limit (it caps the rows per user of a sample)")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
 
     def _check_seeds(self, row: dict, where: str) -> None:
-        """seeds: distinct integers on an LLM row; a stage comes from a donor run of the same seed
-        (reuse_stage compares the seed), so a seeded row's donor must list the row's seeds."""
+        """seeds: distinct integers on an LLM row. A seeded donor gives each seed the donor run of
+        that seed, so it must list the row's seeds; a donor without seeds is one run that every
+        seed of the row starts from (CoLLM-MF's seeds on one TALLRec run)."""
         seeds, donors = row.get("seeds"), row.get("stage_from") or {}
         if seeds is None:
             for stage, donor in donors.items():
@@ -159,7 +163,9 @@ class Experiment:
         if "seed" in row:
             raise CoraError(f"{where}: give seed or seeds, not both")
         for stage, donor in donors.items():
-            have = self._row(donor).get("seeds") or [self.llm_config(self._row(donor), source=where).seed]
+            have = self._row(donor).get("seeds")
+            if have is None:  # one donor run shared by every seed of this row (reuse_stage allows it)
+                continue
             if lacking := [s for s in seeds if s not in have]:
                 raise CoraError(f"{where}: stage_from {stage}: '{donor}' has no run with seed {lacking[0]} "
                                 f"(its seeds: {have}); give '{donor}' seeds: {seeds} too")
@@ -219,7 +225,7 @@ def _run_cf(exp: Experiment, key: str) -> Path:
     cfg = CFConfig.for_model(spec.pop("model", key), data=exp.data, **spec)
     train_cf(cfg, out, resume=True)
     if exp.key not in read_json(out / "metrics.json"):
-        evaluate_cf_run(out, "test", exp.test_limit, exp.test_per_user)
+        evaluate_cf_run(out, "test", exp.test_limit, exp.per_user)
     return out
 
 
@@ -237,7 +243,7 @@ def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
         train_run(cfg, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
     metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
     if exp.key not in metrics:
-        evaluate_run(out, "test", exp.test_limit, per_user=exp.test_per_user)
+        evaluate_run(out, "test", exp.test_limit, per_user=exp.per_user)
     return out
 
 

@@ -159,7 +159,11 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
 _NOT_STAGE_SETTINGS = {"method", "cf", "device", "eval_batch_size", "extra", "modules", "rank", "alpha",
                        "gen_queries", "gen_layers", "gen_heads", "gen_ffn", "gen_dropout", "collm_mlp_hidden",
                        "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora",
-                       "soft_prompt", "input_norm", "stage_settings"}
+                       "soft_prompt", "input_norm", "stage_settings",
+                       # A donor trained with another seed is the same training of another draw:
+                       # seeded rows may share one (CoLLM-MF's seeds on one TALLRec run). The
+                       # stage's summary keeps the donor's seed.
+                       "seed"}
 
 
 def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> dict:
@@ -184,7 +188,7 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
         method.load_trainable_state_dict(state)
     except CoraError as e:
         raise CoraError(f"{donor}: its tensors are not what stage '{method.stage}' trains ({e})") from None
-    summary = {**read_json(donor / "train_summary.json"), "reused_from": str(donor)}
+    summary = {**read_json(donor / "train_summary.json"), "reused_from": str(donor), "donor_seed": donor_cfg.seed}
     from accelerate import PartialState
 
     if PartialState().is_main_process:
