@@ -180,7 +180,7 @@ def test_missing_gguf_package(tmp_path, monkeypatch):
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"stand-in")
     _hide_package(monkeypatch, "gguf")
-    with pytest.raises(CoraError, match="pip install gguf"):
+    with pytest.raises(CoraError, match="needs the gguf package: pip install .cora-rec.gguf.."):
         load_backbone(str(gguf))
 
 

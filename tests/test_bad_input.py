@@ -13,7 +13,6 @@ import dataclasses
 import os
 import shlex
 import shutil
-import sys
 import typing
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from cora.ranges import RANGES, check_value
 from cora.train.experiment import Experiment
 from cora.train.run import evaluate_run, train_run
 
-from helpers import run_cli, synthetic_splits
+from helpers import main_in_process, run_cli, synthetic_splits
 from llm_fixtures import tiny_backbone_folder, tiny_cf_run, tiny_config, tiny_dataset
 
 MAX_LINES = 3
@@ -300,14 +299,7 @@ def _tree(*folders) -> dict[str, tuple[int, int]]:
 
 
 def _cli(monkeypatch, capsys, argv: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["cora", *argv])
-    monkeypatch.setenv("COLUMNS", "300")
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
+    code, out, err = main_in_process(monkeypatch, capsys, *argv, columns=300)
     return code, out + err
 
 

@@ -275,3 +275,14 @@ def test_seeded_rows_share_one_unseeded_donor(tmp_path):
     for seed in (1, 2):
         stage = json.loads((tmp_path / "exp" / f"c-seed{seed}" / "stage-1-lora" / "train_summary.json").read_text())
         assert stage["reused_from"] == str(tmp_path / "exp" / "t") and stage["donor_seed"] == 3
+
+
+def test_results_can_go_to_their_own_folder(tmp_path):
+    """results: a committed folder gets the table, the JSON and the predictions; runs stay in out."""
+    d = tiny_experiment(tmp_path, results=str(tmp_path / "published"), plots=[])
+    d["rows"] = d["rows"][:2]
+    run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    published = tmp_path / "published"
+    assert {"results.md", "results.json", "predictions"} <= {p.name for p in published.iterdir()}
+    assert sorted(p.name for p in (published / "predictions").iterdir()) == ["ICL.parquet", "MF.parquet"]
+    assert not (tmp_path / "exp" / "results.md").exists() and (tmp_path / "exp" / "cf-mf").is_dir()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import calendar
 import gzip
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from cora.data.interactions import Source, import_interactions, unix_seconds
 from cora.data.movielens import prepare_movielens
 from cora.data.store import load_dataset
 
-from helpers import run_cli
+from helpers import main_in_process, run_cli
 
 SPLITS = ("train", "valid", "test")
 ALL_SPLITS = (*SPLITS, "valid_small")
@@ -309,16 +308,8 @@ def test_imported_data_trains_a_cf_model(tmp_path):
 # ----------------------------------------------------------------------------- bad input, through the CLI
 def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     """`cora ARGS` in this process, through cora.cli.main (what the console script runs)."""
-    from cora.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cora", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out, err = main_in_process(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 def assert_nothing_written(out: Path) -> None:

@@ -4,23 +4,21 @@ of benchmarks/serve_load.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from cora import cli
 from cora.errors import CoraError
 from cora.eval.ranking import ranking_metrics, user_hit, user_ndcg
 from cora.io import read_json
 from cora.serve.ranking import catalog_at_start, evaluate_ranking, rank_users, ranking_key
 from cora.train.loop import predict
+
+from helpers import load_benchmark, main_in_process
 
 
 L2, L3, L5 = math.log2(2), math.log2(3), math.log2(5)
@@ -203,15 +201,7 @@ def test_bad_ranking_arguments(rec, kwargs, needle):
 
 # ----------------------------------------------------------------------------- CLI
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cora", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return main_in_process(monkeypatch, capsys, *args, columns=200)
 
 
 def test_cli_evaluate_ranking(run, monkeypatch, capsys):
@@ -236,12 +226,7 @@ def test_cli_ranking_errors_are_one_line(run, monkeypatch, capsys, args, needle)
 
 # ----------------------------------------------------------------------------- load benchmark
 def _serve_load(monkeypatch):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "serve_load", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(monkeypatch, "serve_load")
 
 
 def test_serve_load_counts_forward_passes(monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from cora import cli
 from cora.errors import CoraError
 from cora.serve import Recommender
 from cora.serve.app import MAX_CANDIDATES, MAX_K, MAX_PAIRS, create_app
@@ -26,7 +24,7 @@ from cora.serve.pairs import read_pairs_csv
 from cora.train.run import train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
-from helpers import run_cli
+from helpers import main_in_process, run_cli
 
 
 @pytest.fixture()
@@ -347,14 +345,7 @@ def test_batcher_merges_up_to_max_batch_and_carries_the_overflow():
 
 # ----------------------------------------------------------------------------- CLI
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cora", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return main_in_process(monkeypatch, capsys, *args)
 
 
 def test_cli_score_writes_the_same_scores_as_the_service(run, rec, client, tmp_path, monkeypatch, capsys):

@@ -4,19 +4,13 @@ Timings are the benchmark's to report, not this test's to assert."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
+
+from helpers import load_benchmark
 
 
 def _serve_load(monkeypatch):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "serve_load", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(monkeypatch, "serve_load")
 
 
 def test_mixed_score_and_recommend_load_has_no_errors(run, capsys, monkeypatch):

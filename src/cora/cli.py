@@ -346,7 +346,7 @@ def experiment_cmd(
 
     exp = Experiment.load(config)
     results = write_results(exp) if report_only else run_experiment(exp, only)
-    console.print((Path(exp.out) / "results.md").read_text())
+    console.print((exp.results_root / "results.md").read_text())
     if results["missing"]:
         console.print(f"[yellow]not finished:[/] {', '.join(results['missing'])}")
 
@@ -413,7 +413,7 @@ def probe_cmd(
                                           "(datasets without genres, e.g. the CoLLM import); alone: its movies."),
     n: int = typer.Option(300, "--n", help="Questions per task."),
     seed: int = typer.Option(0, "--seed", help="Seed of the questions, the CoRA pair and the bootstrap."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sequences (question + choice) per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Questions (each with its 4 choices) per forward pass."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the questions (>= 1000)."),
     out: Path = typer.Option(Path("probe"), "--out", help="Folder for probe.md, probe.png, probe.json, questions.json."),
 ) -> None:

@@ -134,7 +134,7 @@ RANGES: dict[str, dict[str, Spec]] = {
         "name": STR, "data": STR, "out": STR, "rows": LIST, "budget": STR, "source": OPT_STR,
         "test_limit": Int(1, optional=True),
         "test_per_user": Int(2, optional=True),  # UAUC needs both labels of a user
-        "llm": DICT, "cf": DICT, "plots": LIST, "cf_root": OPT_STR, "reference": OPT_STR,
+        "llm": DICT, "cf": DICT, "plots": LIST, "cf_root": OPT_STR, "results": OPT_STR, "reference": OPT_STR,
     },
     # Command-line options that are no config field (names as the flag, without dashes).
     "options": {

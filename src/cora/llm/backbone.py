@@ -236,7 +236,7 @@ def _cached_gguf(gguf: Path, label: str) -> Path:
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """De-quantise ``gguf`` into a plain fp32 safetensors model + tokenizer folder at ``out``."""
     if importlib.util.find_spec("gguf") is None:
-        raise CoraError(f"{gguf}: reading GGUF files needs the gguf package: pip install gguf")
+        raise CoraError(f"{gguf}: reading GGUF files needs the gguf package: pip install 'cora-rec[gguf]' (or: pip install gguf)")
     kwargs = {"gguf_file": gguf.name}
     try:  # newer transformers can keep GGUF blocks packed; we need plain nn.Linear weights
         from transformers.utils.quantization_config import GgufConfig

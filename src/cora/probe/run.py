@@ -52,7 +52,7 @@ def run_config(run: Path):
 
 
 def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, data: str | Path | None = None,
-              movies: str | Path | None = None, n: int = 300, seed: int = 0, batch_size: int = 16,
+              movies: str | Path | None = None, n: int = 300, seed: int = 0, batch_size: int = 8,
               resamples: int = MIN_RESAMPLES, out: str | Path = "probe",
               log: Callable[[str], None] = lambda _: None) -> dict:
     """Score the frozen backbone and every run on the same seeded questions; write OUT (module doc)."""

@@ -79,11 +79,19 @@ class Experiment:
     # Where the CF runs live (default: `out`). Experiments on the same data may share them, so a
     # SASRec that takes hours to pretrain is trained once for all of them.
     cf_root: str | None = None
+    # Where results.md / results.json / plots / predictions/ go (default: `out`): a folder in the
+    # repository (results/NAME) can be committed with the predictions its table came from,
+    # while the run folders (checkpoints, logs) stay in `out`.
+    results: str | None = None
     reference: str | None = None  # the row differences are taken to (default: the first CoRA row)
 
     @property
     def key(self) -> str:
         return split_key("test", self.test_limit, self.per_user)
+
+    @property
+    def results_root(self) -> Path:
+        return Path(self.results or self.out)
 
     @property
     def per_user(self) -> int | None:
@@ -310,7 +318,7 @@ def _row_predictions(exp: Experiment, r: dict) -> tuple[list, list[str]]:
 def _copy_predictions(exp: Experiment, done: list[dict], frames: list[list]) -> None:
     """<out>/predictions/<row>[-seed<N>].parquet: the results folder alone rebuilds the table
     (`cora report --predictions`); the file's attrs keep the row's name, seed and position."""
-    folder, stems = Path(exp.out) / "predictions", set()
+    folder, stems = exp.results_root / "predictions", set()
     for order, (r, per_seed) in enumerate(zip(done, frames)):
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", r["method"]).strip("-") or "row"
         stem = stem if stem not in stems else f"{stem}-{order}"  # 'A B' and 'A-B' both map to 'A-B'
@@ -339,7 +347,7 @@ def write_results(exp: Experiment) -> dict:
     meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference) if done else None
     if done:
         _copy_predictions(exp, done, frames)
-    out = Path(exp.out)
+    out = exp.results_root
     lines = [f"# {exp.name}", "", f"- data: `{exp.data}`; test rows: `{exp.key}`",
              f"- backbone: `{exp.llm.get('backbone', 'smollm2-135m')}`", f"- budget: {exp.budget or 'n/a'}", ""]
     if exp.reference and reference is None:
