@@ -8,7 +8,7 @@ DATA="${1:-}"
 RUN="${2:-runs/demo}"
 # CPU-sized budget: a training step of 8 ML-1M prompts takes ~9 s on 2 cores (forward and
 # backward through the frozen 135M backbone) and scoring runs at ~3 prompts/s, so the demo trains
-# 200 steps and scores an ~800-row test sample (about 45 min in all, see README). Raise both on a GPU.
+# 200 steps and scores an ~800-row test sample (about 45 min in all, see docs/experiments.md). Raise both on a GPU.
 STEPS="${CORA_DEMO_STEPS:-200}"
 TEST_ROWS="${CORA_DEMO_TEST_ROWS:-800}"
 mkdir -p "$RUN"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from cora.probe.questions import build_questions, franchise_key, shown_name, spl
 from cora.probe.rows import pair_context, pair_weights
 from cora.probe.scoring import choice_logliks, encode
 
-from helpers import synthetic_splits
+from helpers import main_in_process, synthetic_splits
 
 # 30 ML-1M movies (real titles, years and genres): the tiny dataset's items 1..30.
 MOVIES = [
@@ -94,17 +93,9 @@ def movies_dat(root) -> Path:
 
 
 def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """`cora ARGS` in this process, through cora.cli.main (what the console script runs)."""
-    from cora.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["cora", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    """`cora ARGS` in this process (exit code, stdout + stderr)."""
+    code, out, err = main_in_process(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 # ----------------------------------------------------------------------------- titles
@@ -152,9 +143,47 @@ def test_questions_are_deterministic_and_have_one_right_answer():
             if task == "genre":
                 assert q.choices[q.answer].strip() in genres
                 assert [c.strip() in genres for c in q.choices].count(True) == 1
-    heat = next(q for q in qs["year"] if q.iid == 8) if any(q.iid == 8 for q in qs["year"]) else None
-    if heat is not None:
-        assert heat.prompt == 'Question: In which year was the movie "Heat" released?\nAnswer:'
+
+
+def test_question_templates():
+    qs, _ = build_questions(catalogue(), 30, seed=0)
+    heat = next(q for q in qs["year"] if q.iid == 8)
+    assert heat.prompt == 'Question: In which year was the movie "Heat" released?\nAnswer:'
+    assert heat.choices[heat.answer] == " 1995"
+    godfather = next(q for q in qs["genre"] if q.iid == 7)
+    assert godfather.prompt == 'Question: Which genre does the movie "The Godfather: Part II" belong to?\nAnswer:'
+    toy = next(q for q in qs["matching"] if q.iid == 5)
+    options = "".join(f"\n-{c}" for c in toy.choices)
+    assert toy.prompt == f'Question: Which of these movies belongs with the movie "Toy Story 2"?\nOptions:{options}\nAnswer:'
+    assert toy.choices[toy.answer] == " Toy Story" and toy.kind == "franchise"
+    books, _ = build_questions(catalogue(), 1, seed=0, domain="books")
+    assert books["year"][0].prompt.startswith("Question: In which year was the book ") and " published?" in \
+        books["year"][0].prompt
+
+
+def test_accuracy_intervals_are_a_seeded_paired_question_bootstrap():
+    from cora.probe.report import summarise
+    from cora.probe.rows import Row
+
+    answers = {"year": np.zeros(10, dtype=int)}
+
+    def row(name, hits):  # log-likelihoods whose best choice is 0 on the first `hits` questions
+        ll = np.tile([-1.0, -2.0, -3.0, -4.0], (10, 1))
+        ll[hits:, 0] = -9.0
+        return Row(name, "x", "x", logliks={"year": ll})
+
+    rows = [row("base", 6), row("same", 6), row("better", 9)]
+    summary = summarise(rows, answers, resamples=2000, seed=0)
+    assert summary == summarise(rows, answers, resamples=2000, seed=0)
+    base, same, better = (r["tasks"]["year"] for r in summary)
+    assert (base["accuracy"], better["accuracy"]) == (0.6, 0.9) and base["choices"] == [0] * 6 + [1] * 4
+    assert base["ci95"][0] <= 0.4 and 0.8 <= base["ci95"][1] <= 1.0  # ~ binomial(10, 0.6)
+    assert same["diff_vs_first"] == 0 and same["diff_ci95"] == [0, 0]
+    # Paired: the 3 extra right answers are the only difference, so a resample never finds the
+    # better row worse, and the interval is narrower than the two rows' intervals suggest.
+    lo, hi = better["diff_ci95"]
+    assert better["diff_vs_first"] == pytest.approx(0.3) and 0 <= lo < 0.3 < hi <= 0.6
+    assert hi - lo < better["ci95"][1] - base["ci95"][0]
 
 
 def test_year_distractors_skip_the_years_of_same_titled_items():
@@ -316,7 +345,9 @@ def test_tallrec_lora_equals_the_backbone_while_b_is_zero_and_differs_after(root
     bb = load_backbone(cfg.backbone)
     qs, _ = build_questions(catalogue(), 4, seed=0)
     frozen = choice_logliks(bb.model, bb.tokenizer, bb.bos_token_id, qs["year"], batch_size=8)
-    lora = lambda: choice_logliks(method.llm, method.tokenizer, method.bos_token_id, qs["year"], batch_size=8)  # noqa: E731
+    def lora():
+        return choice_logliks(method.llm, method.tokenizer, method.bos_token_id, qs["year"], batch_size=8)
+
     assert np.array_equal(lora(), frozen)  # peft's B starts at zero
     with torch.no_grad():
         torch.manual_seed(0)

@@ -47,7 +47,7 @@ def test_every_method_has_reference_settings_and_the_table_says_what_the_referen
         got = {k: getattr(cfg, k) for k in expected}
         assert got == expected, (method, cf_model)
         assert {k: getattr(cfg, k) for k in LOOP} == LOOP
-        assert cfg.calibrate_logit  # the CPU-budget deviation stays the default (README)
+        assert cfg.calibrate_logit  # the CPU-budget deviation stays the default (docs/method.md)
         assert cfg.valid_per_user == 10  # new runs validate on <= 10 rows of each drawn user
 
 

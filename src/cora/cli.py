@@ -421,6 +421,7 @@ def probe_cmd(
     title matching, scored by log-likelihood on the frozen backbone and on each run's LLM (CoRA:
     without and with one pair's weights); accuracy with a 95 % question-bootstrap interval."""
     from rich.markup import escape
+    from rich.measure import Measurement
     from rich.table import Table
 
     from cora.probe.report import headers, table_rows
@@ -435,7 +436,9 @@ def probe_cmd(
         t.add_column(c, justify="left" if k == 0 else "right", no_wrap=True)
     for cells in table_rows(result["rows"]):
         t.add_row(*map(escape, cells))  # "[0.57, 0.68]" is text, not rich markup
-    console.print(t)
+    # Cells like "0.633 [0.467, 0.800]" are unreadable once cut: print the table at its full width.
+    full = Measurement.get(console, console.options.update_width(10_000), t).maximum
+    Console(width=max(console.width, full)).print(t)
     console.print(f"wrote {out / 'probe.md'}, {out / 'probe.png'}, {out / 'probe.json'}")
 
 

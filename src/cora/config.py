@@ -48,7 +48,7 @@ class _YamlConfig:
 # The paper's CF settings (DESIGN sec. 7): pointwise BCE, Adam + L2, dim 256, patience 20.
 CF_DEFAULTS: dict[str, dict[str, Any]] = {
     # MF: N(0, 0.01) init. The reference keeps torch's N(0, 1), which needs patience ~100 and
-    # hundreds of epochs to leave AUC 0.5; with patience 20 it often stops at epoch 0 (see README).
+    # hundreds of epochs to leave AUC 0.5; with patience 20 it often stops at epoch 0 (docs/method.md, Deviations).
     "mf": {"lr": 1e-3, "weight_decay": 1e-4, "init_std": 0.01},
     "lightgcn": {"lr": 1e-2, "weight_decay": 1e-4, "init_std": 0.1},
     # SASRec: the reference pretraining (CoLLM's SASRec run): batch 10,240, torch's N(0, 1) init.
@@ -208,7 +208,7 @@ STAGE_FIELDS = {"lr", "batch_size", "grad_accum", "warmup_start_lr", "warmup_ste
 # The reference implementations' settings for each LLM method (DESIGN sec. 7b; CoLLM's, BinLLM's and
 # CoRA's training configs), applied by LLMConfig.for_method to every new run. Keyed by method, and
 # "method/cf-model" where the CF model changes them; later keys override earlier ones. ``lr_horizon``
-# is max_epoch x iters_per_epoch of the reference config. Deviations from these go in the README.
+# is max_epoch x iters_per_epoch of the reference config. Deviations from these are listed in docs/method.md.
 LLM_DEFAULTS: dict[str, dict[str, Any]] = {
     # CoRA-MF: r 16, alpha 32, batch 8, lr 1e-3; 100 iters per "epoch" x max_epoch 1000.
     "cora": {"rank": 16, "alpha": 32.0, "batch_size": 8, "lr": 1e-3, "lr_horizon": 100_000},

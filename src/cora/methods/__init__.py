@@ -1,4 +1,7 @@
-"""LLM methods: what is trainable and how a batch becomes Yes logits. One registry, one loop."""
+"""LLM methods: what is trainable and how a batch becomes Yes logits. One registry, one loop.
+
+Adding a method (the files to touch, with a worked example a test runs): docs/extending.md.
+"""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class CoRA(LLMMethod):
         with torch.no_grad():  # the CF model is frozen: no graph through it
             user = self.cf.user_embedding(batch).float()
             item = self.cf.item_embedding(batch["iid"]).float()
-        # Opt-in, not in the paper (README "Deviations"; scripts/generator_sensitivity.py): the
+        # Opt-in, not in the paper (docs/method.md "Deviations"; scripts/generator_sensitivity.py): the
         # generator sees e only through one cross-attention value added to LayerNormed queries,
         # so e's spread decides how much the pair moves A. At init, A varies over pairs ~3x less
         # with LightGCN's vectors than with MF's (smaller, and half their norm a shared mean).

@@ -86,7 +86,8 @@ def noun_of(domain: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- building
-def build_questions(items: pd.DataFrame, n: int, seed: int, domain: str = "movies") -> tuple[dict[str, list[Question]], list[str]]:
+def build_questions(items: pd.DataFrame, n: int, seed: int,
+                    domain: str = "movies") -> tuple[dict[str, list[Question]], list[str]]:
     """Up to ``n`` questions per task from ``items`` (iid, title, genres: tuple or None), and notes
     on tasks that could not be built (e.g. no genres known). Deterministic in (items, n, seed)."""
     noun, nouns = noun_of(domain)

@@ -77,6 +77,9 @@ def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, d
         raise CoraError(f"no question could be built from {data or movies}: {'; '.join(task_notes)}")
     if other := sorted({c.data for c in configs if Path(c.data).resolve() != Path(data).resolve()}):
         notes.append(f"questions come from {data}; runs trained on {', '.join(other)} are asked the same")
+    for run, cfg in zip(runs, configs):
+        if cfg.backbone != backbone:  # its rows differ from the frozen row by more than the method
+            notes.append(f"{run} is built on backbone {cfg.backbone}, the frozen row is {backbone}")
     for note in notes:
         log(f"note: {note}")
     n_questions = sum(len(qs) for qs in questions.values())

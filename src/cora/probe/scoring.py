@@ -10,8 +10,8 @@ Prompt and choice are tokenised apart and concatenated, so every choice of a que
 prompt's tokens exactly, whatever merges a tokenizer would make across the boundary. The shared
 prompt is run once per question: a first pass over the prompt without its last token fills a KV
 cache (no LM head), which is repeated for the question's choices; a second pass over that last
-token + the choice gives every logit needed. With 4 choices this does ~3x less work than four
-full sequences (the prompt dominates).
+token + the choice gives every logit needed. With 4 choices ~3x fewer tokens go through the model
+than with four full sequences (the prompt dominates): ~2x faster on SmolLM2 on a CPU.
 
 Questions are sorted by prompt length (less padding) in an order fixed by the questions alone,
 so every model sees the very same batches: two models with the same weights give bit-identical
@@ -37,7 +37,8 @@ from cora.probe.questions import Question
 BatchContext = Callable[[int], ContextManager]
 
 
-def encode(tokenizer, bos_token_id: int | None, questions: Sequence[Question]) -> list[tuple[list[int], list[list[int]]]]:
+def encode(tokenizer, bos_token_id: int | None,
+           questions: Sequence[Question]) -> list[tuple[list[int], list[list[int]]]]:
     """Per question: the prompt's token ids (after BOS) and each choice's token ids."""
     prompts = tokenize_prompts(tokenizer, [q.prompt for q in questions], bos_token_id)
     texts = [c for q in questions for c in q.choices]
