@@ -18,12 +18,13 @@ def read_log(path: Path) -> list[dict]:
     """The records of one log.jsonl; a torn last line (a run killed mid-write) is skipped."""
     if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines()
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if n < len(path.read_text(encoding="utf-8").splitlines()):
+            if n < len(lines):  # only the last line may be torn
                 raise CoraError(f"{path}: line {n} is not JSON") from None
     return records
 

@@ -50,7 +50,7 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
         whiskers |= yerr is not None
         bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=yerr,
                       capsize=3 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center", color="white")  # clear of the whiskers
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     finite = [v for vs in series.values() for v in vs if v is not None]
