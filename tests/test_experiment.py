@@ -275,6 +275,9 @@ def test_seeded_rows_share_one_unseeded_donor(tmp_path):
     for seed in (1, 2):
         stage = json.loads((tmp_path / "exp" / f"c-seed{seed}" / "stage-1-lora" / "train_summary.json").read_text())
         assert stage["reused_from"] == str(tmp_path / "exp" / "t") and stage["donor_seed"] == 3
+    table = (tmp_path / "exp" / "results.md").read_text()
+    assert "| T | 4 steps | cap (best " in table  # why each row stopped: the step cap here
+    assert table.count("lora: taken from t; mapping: cap (best ") == 2  # one per seed
 
 
 def test_results_can_go_to_their_own_folder(tmp_path):

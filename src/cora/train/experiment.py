@@ -284,9 +284,23 @@ def _train_info(run: Path) -> dict:
     summary = run / "train_summary.json"
     if summary.exists():
         s = read_json(summary)
-        return {"steps": s.get("steps"), "train_time_s": s.get("wall_time_s"), "samples_per_s": s.get("samples_per_s")}
+        return {"steps": s.get("steps"), "train_time_s": s.get("wall_time_s"), "samples_per_s": s.get("samples_per_s"),
+                "stopped": _stopped(s)}
     metrics = read_json(run / "metrics.json").get("train", {})
     return {"epochs": metrics.get("epochs_run"), "train_time_s": metrics.get("wall_time_s")}
+
+
+def _stopped(summary: dict) -> str:
+    """Why each trained stage ended, for the table: 'patience (best 600)', 'cap (best 1000)';
+    a stage taken from another run says so."""
+    def one(s: dict) -> str:
+        if s.get("reused_from"):
+            return "taken from " + Path(s["reused_from"]).name
+        why = {"max_steps": "cap", "patience": "patience"}.get(s.get("stop_reason"), s.get("stop_reason") or "?")
+        return f"{why} (best {s['best_step']})" if s.get("best_step") else why
+
+    stages = summary.get("stages")
+    return "; ".join(f"{name}: {one(st)}" for name, st in stages.items()) if stages else one(summary)
 
 
 def _finished_row(exp: Experiment, row: dict) -> dict | None:
@@ -300,8 +314,10 @@ def _finished_row(exp: Experiment, row: dict) -> dict | None:
     for (_, run), r in zip(runs, per_seed):
         r.update(_train_info(run))
     r = per_seed[0] if runs[0][0] is None else seeded_row(per_seed, [s for s, _ in runs])
-    if "seeds" in r:  # training cost of a seeded row: all its seeds
+    if "seeds" in r:  # training cost of a seeded row: all its seeds; each seed keeps its own
         r["train_time_s"] = sum(p.get("train_time_s") or 0 for p in per_seed)
+        for entry, (_, run) in zip(r["seeds"], runs):
+            entry.update(_train_info(run))
     r.update(method=row["name"], kind=row.get("method", r["kind"]), label=row.get("label", row["name"]),
              no_titles=bool(row.get("no_titles")), stage_from=row.get("stage_from", {}),
              modules=row.get("modules", exp.llm.get("modules", "qkvo")))
@@ -354,14 +370,17 @@ def write_results(exp: Experiment) -> dict:
         lines += [f"Reference row {exp.reference} has not finished: differences are to "
                   f"{meta['reference'] if meta else 'none'}.", ""]
     lines.append(markdown_table(done, exp.key, meta) if done else "_no finished rows yet_\n")
-    lines += ["", "| method | training | time (s) |", "|---|---|---:|"]
+    lines += ["", "| method | training | stopped by (best step) | samples/s | time (s) |", "|---|---|---|---:|---:|"]
     for r in done:
         what = f"{r['steps']} steps" if r.get("steps") is not None else f"{r.get('epochs')} epochs"
         if "seeds" in r:
             what += f" x {len(r['seeds'])} seeds ({', '.join(str(s['seed']) for s in r['seeds'])})"
         # A stage taken from another row counts in both rows' steps and time: say so.
         what += "".join(f"; stage {stage} = {donor}'s" for stage, donor in r.get("stage_from", {}).items())
-        lines.append(f"| {r['method']} | {what} | {r.get('train_time_s') or 0:.0f} |")
+        runs = r["seeds"] if "seeds" in r else [r]
+        stopped = " / ".join(s.get("stopped") or "-" for s in runs)  # one per seed
+        rate = " / ".join(f"{s['samples_per_s']:.2f}" if s.get("samples_per_s") else "-" for s in runs)
+        lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
     with atomic_path(out / "results.md") as tmp:
