@@ -396,7 +396,8 @@ def write_results(exp: Experiment) -> dict:
     write_json(out / "results.json", results)
     for plot in exp.plots:
         if plot in TRAINING_PLOTS:
-            PLOTS[plot](training, out / f"{plot}.png")
+            if any(r["curve"]["steps"] for r in training):  # nothing logged yet: no empty figure
+                PLOTS[plot](training, out / f"{plot}.png")
         elif done:
             PLOTS[plot](done, out / f"{plot}.png")
     return results
