@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from cora.cf.data import cf_embeddings
 from cora.config import LLMConfig
-from cora.errors import CoraError
 from cora.llm.backbone import Backbone
 from cora.llm.lowrank import CollaborativeAdapter
 from cora.methods.base import LLMMethod
 from cora.methods.generator import CollaborativeQueryGenerator
 
 
+# The choices of input_norm; LLMConfig refuses others when it is built (cora.ranges mirrors these).
 INPUT_NORMS = ("none", "zscore", "layernorm")
 
 
@@ -29,8 +29,6 @@ class CoRA(LLMMethod):
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model):
         super().__init__(backbone, cfg, cf_model)
-        if cfg.input_norm not in INPUT_NORMS:
-            raise CoraError(f"input_norm '{cfg.input_norm}': choose from {', '.join(INPUT_NORMS)}")
         self.adapter = CollaborativeAdapter(self.llm, cfg.modules, cfg.rank, cfg.alpha, cfg.lora_dropout)
         layers, ffn = cfg.generator_size(backbone.d_model)
         self.generator = CollaborativeQueryGenerator(

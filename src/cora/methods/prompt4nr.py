@@ -44,6 +44,7 @@ SOFT_PROMPT_TEMPLATE = (
     "#Question: {user_slot} {history} [SEP] {item_slot} {target} [SEP] Using all available information, "
     'make a prediction about whether the user would enjoy the {item}? Answer with "Yes" or "No". \\n#Answer:'
 )
+# The choices of soft_prompt; LLMConfig refuses others when it is built (cora.ranges mirrors these).
 LAYOUTS = ("slots", "prefix")
 
 
@@ -53,10 +54,6 @@ class Prompt4NR(WithLoRA, SlotPromptMethod):
     def __init__(self, backbone, cfg: LLMConfig):
         super().__init__(backbone, cfg)
         n = cfg.soft_tokens
-        if n < 1:
-            raise CoraError(f"--soft-tokens {n}: Prompt4NR needs at least 1 soft token")
-        if cfg.soft_prompt not in LAYOUTS:
-            raise CoraError(f"soft_prompt '{cfg.soft_prompt}': choose {' or '.join(LAYOUTS)}")
         if cfg.max_length is not None and cfg.max_length < n + 2:
             raise CoraError(f"--max-length {cfg.max_length}: too short for {n} soft tokens")
         table = self.llm.get_input_embeddings().weight
