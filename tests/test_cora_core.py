@@ -166,9 +166,11 @@ def test_save_load_and_resume(root, tmp_path, monkeypatch):
     assert 0 < state["elapsed_s"] < 1000
     write_state(killed / "checkpoint", "state", {**state, "elapsed_s": 1000.0})
     resumed = train_run(cfg, killed, resume=True, show_progress=False)
-    assert 1000 < resumed["wall_time_s"] < 1000 + 10 * summary["wall_time_s"] + 60
+    # Times are logged rounded to 0.1 s, and a fast CPU trains the step after the resume in less
+    # than 0.05 s, so the first resumed record may read exactly 1000.0.
+    assert 1000 <= resumed["wall_time_s"] < 1000 + 10 * summary["wall_time_s"] + 60
     times = [json.loads(line)["time_s"] for line in (killed / "log.jsonl").read_text().splitlines()]
-    assert times[0] < 1000 < times[1] and times == sorted(times)
+    assert times[0] < 1000 <= times[1] and times == sorted(times)
     m2 = evaluate_run(killed, "test", show_progress=False)
     assert m2["auc"] == m1["auc"] and m2["uauc"] == m1["uauc"]
     from safetensors.torch import load_file
