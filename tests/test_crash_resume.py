@@ -480,3 +480,19 @@ def test_cf_full_disk_mid_checkpoint_keeps_the_previous_one(root, tmp_path, monk
     assert read_state(run / "checkpoint", "state")["epoch"] == 0 and _leftovers(run) == []
     monkeypatch.undo()
     assert train_cf(cfg, run, show_progress=False)["train"]["epochs_run"] == 3
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    """mkstemp / mkdtemp make private 0600 / 0700 temporaries; what is renamed into place must
+    carry the modes the umask gives any other file (a shared results folder must be readable)."""
+    from cora.io import atomic_dir, write_json
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "a.json", {"x": 1})
+    (tmp_path / "plain").write_text("x")
+    with atomic_dir(tmp_path / "run") as d:
+        (d / "f").write_text("x")
+    (tmp_path / "plain-dir").mkdir()
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "run").stat().st_mode & 0o777 == (tmp_path / "plain-dir").stat().st_mode & 0o777

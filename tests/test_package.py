@@ -34,7 +34,8 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["
 VERSION = PROJECT["version"]
 DIST = "cora-rec"  # `cora` on PyPI is someone else's project
 STEM = f"cora_rec-{VERSION}"  # the normalised file-name form of DIST and VERSION
-# What a plain install (no extras) lacks: the serve extra (starlette is fastapi's core) and gguf.
+# What a plain install (no extras) lacks: the serve extra (starlette is fastapi's core; pydantic stays,
+# typer needs it) and gguf.
 EXTRA_ONLY = ("fastapi", "uvicorn", "httpx", "starlette", "gguf")
 # Never copied into the tree the release is built from (when it is not a git checkout).
 NOT_SOURCE = {".git", ".venv", "runs", "data", "build", "dist", "__pycache__", ".pytest_cache"}
@@ -213,3 +214,29 @@ def test_tiny_train_and_evaluate_with_the_installed_cora(venv, tmp_path):
     assert metrics["n"] == n_test and 0.0 <= metrics["auc"] <= 1.0
     scores = pd.read_parquet(run / "predictions-test.parquet")["score"]
     assert len(scores) == n_test and np.isfinite(scores).all() and scores.nunique() > 1
+
+
+# Import names of declared distributions whose module is named otherwise.
+IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}
+
+
+def test_every_third_party_import_is_declared():
+    """A module src/ imports (at top level or inside a function) that no requirement or extra
+    names works here only because something else pulled it in: a pin of the other package
+    could remove it from a user's install."""
+    import ast
+
+    declared = set()
+    for req in PROJECT["dependencies"] + [r for extra in PROJECT["optional-dependencies"].values() for r in extra]:
+        name = re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()
+        declared.add(IMPORT_NAMES.get(name, name.replace("-", "_")))
+    stdlib = set(sys.stdlib_module_names)
+    used: dict[str, str] = {}
+    for path in sorted((ROOT / "src" / "cora").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                used.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
+    undeclared = {m: f for m, f in used.items() if m not in stdlib and m != "cora" and m not in declared}
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"

