@@ -62,6 +62,19 @@ def test_dtype_is_applied(tmp_path):
     assert all(p.dtype == torch.bfloat16 for p in back.model.parameters())
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(tmp_path, monkeypatch, capsys, native):
+    folder, _, _ = save_tiny(tmp_path / "tiny")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert bb.cpu_has_fast(torch.bfloat16) is native and bb.cpu_has_fast(torch.float32)
+    load_backbone(str(folder), dtype="bf16")
+    err = capsys.readouterr().err
+    assert ("no native bfloat16 matrix units" in err) is (not native)
+    load_backbone(str(folder), dtype="fp32")
+    assert "native" not in capsys.readouterr().err
+
+
 def _fake_conversion(calls):
     def convert(gguf, out):  # stands in for the GGUF de-quantisation: writes a plain HF folder
         calls.append(gguf)

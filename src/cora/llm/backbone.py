@@ -97,10 +97,28 @@ def answer_token_id(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
+def cpu_has_fast(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices natively. Without AVX512-BF16 or AMX, bf16 /
+    fp16 matmuls take a slow path (a SmolLM2 training step ~17x slower than fp32, AVX2 machine,
+    2026-11-23); with AVX512-BF16 bf16 trains ~2.2x faster than fp32 (AMD EPYC, 2026-12-01;
+    benchmarks/throughput.py)."""
+    if dtype == torch.float32:
+        return True
+    probe = {torch.bfloat16: ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+             torch.float16: ("_is_amx_fp16_supported",)}.get(dtype, ())
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probe)
+
+
 def make_backbone(model, tokenizer, name: str, dtype: str | torch.dtype = "fp32",
                   device: str | torch.device = "cpu") -> Backbone:
     """Freeze, cast and place ``model``; set the tokenizer up for left-padded batches."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    if torch_device.type == "cpu" and not cpu_has_fast(torch_dtype):
+        from rich.console import Console
+
+        kind = str(torch_dtype).removeprefix("torch.")
+        Console(stderr=True).print(f"note: this CPU has no native {kind} matrix units (AVX512-BF16 / AMX): "
+                                   "expect it to run several times slower than fp32")
     model.requires_grad_(False)
     model.eval()
     model.to(device=torch_device, dtype=torch_dtype)
