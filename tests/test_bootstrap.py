@@ -257,3 +257,26 @@ def test_report_cli_on_predictions_prints_intervals_and_refuses_other_rows(tmp_p
     assert res.returncode == 1 and "C.parquet: not a readable predictions parquet" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "predictions/" in run_cli("report", "--help").stdout  # documented in --help
+
+
+def test_verdicts_read_the_interval_of_the_difference():
+    from cora.eval.report import add_intervals, verdict, verdict_table
+
+    assert (verdict([0.01, 0.05]), verdict([-0.05, -0.01]), verdict([-0.01, 0.02]), verdict(None)) == (
+        "better", "worse", "n.s.", "-")
+    df = predictions(n=2000, n_users=200, signal=0.0)
+    frames = {"CoRA-MF": rescored(df, 1, signal=2.0), "weak": rescored(df, 2, signal=0.2),
+              "same": rescored(df, 1, signal=2.0), "strong": rescored(df, 3, signal=6.0)}
+    rows = [{"method": k, "n": len(v)} for k, v in frames.items()]
+    meta = add_intervals(rows, [[v] for v in frames.values()], reference="CoRA-MF")
+    table = verdict_table(rows, meta)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(lines) == {"row", "weak", "same", "strong"}  # the reference has no line of its own
+    weak, same, strong = (lines[k].split(" | ")[1:] for k in ("weak", "same", "strong"))
+    assert weak[0].startswith("better (+") and weak[1].startswith("better (+")  # AUC, UAUC
+    assert all(c.startswith("n.s. (+0.000 [+0.000, +0.000])") for c in same)  # scored identically
+    assert strong[0].startswith("worse (-")
+    d = rows[1]["vs_reference"]  # the cell shows reference - row, the stored difference negated
+    lo, hi = 0.0 - d["delta_auc_ci95"][1], 0.0 - d["delta_auc_ci95"][0]
+    assert f"({0.0 - d['delta_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}])" in weak[0]
+    assert verdict_table(rows, {**meta, "reference": None}) == ""

@@ -105,6 +105,7 @@ def test_seeded_rows_train_per_seed_and_report_mean_sd_and_intervals(tmp_path):
     md = (out / "results.md").read_text()
     assert "Δ AUC vs MF" in md and f"2 (sd {row['auc_std']:.4f} / {row['uauc_std']:.4f})" in md
     assert "| CoRA-MF | 4 steps x 2 seeds (1, 2) |" in md
+    assert "Is MF better than each row?" in md and "| CoRA-MF | " in md.split("Is MF better")[1]
     # The results folder alone rebuilds the same numbers: predictions/ + cora report --predictions.
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "CoRA-MF-seed1.parquet", "CoRA-MF-seed2.parquet", "MF.parquet"]

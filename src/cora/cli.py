@@ -376,7 +376,7 @@ def report_cmd(
     from rich.table import Table
 
     from cora.eval.plots import PLOTS
-    from cora.eval.report import build_report, interval_note, markdown_table, table_cells, table_columns
+    from cora.eval.report import build_report, interval_note, markdown_table, table_cells, table_columns, verdict_table
     from cora.io import atomic_path
 
     if bad := [name for name in plot or [] if name not in PLOTS]:
@@ -395,7 +395,8 @@ def report_cmd(
     Console(width=max(console.width, full)).print(t)
     if out:
         with atomic_path(out) as tmp:
-            Path(tmp).write_text(markdown_table(rows, label, meta))
+            verdicts = verdict_table(rows, meta)
+            Path(tmp).write_text(markdown_table(rows, label, meta) + ("\n" + verdicts if verdicts else ""))
     for name in plot or []:
         path = (out.parent if out else Path(".")) / f"{name}.png"
         PLOTS[name](rows, path)

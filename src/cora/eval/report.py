@@ -291,3 +291,35 @@ def markdown_table(rows: list[dict], split: str, meta: dict | None = None) -> st
     lines += ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     lines += ["| " + " | ".join(table_cells(r, meta, seeded)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def verdict(delta_ci: list | None) -> str:
+    """What a 95 % interval of (reference - row) decides: the reference is 'better' where the whole
+    interval is above 0, 'worse' where it is below, 'n.s.' (not distinguishable) where it holds 0."""
+    if not delta_ci or None in delta_ci:
+        return "-"
+    return "better" if delta_ci[0] > 0 else "worse" if delta_ci[1] < 0 else "n.s."
+
+
+def verdict_table(rows: list[dict], meta: dict | None) -> str:
+    """One line per row: is the reference better than it, worse, or not distinguishable, for each
+    metric (AUC, UAUC, warm, cold)? Each cell: the verdict, then reference - row [95 % interval]
+    from the paired bootstrap. Empty without a reference."""
+    ref = (meta or {}).get("reference")
+    others = [r for r in rows if (r.get("vs_reference") or {}).get("row") == ref and r["method"] != ref]
+    if not ref or not others:
+        return ""
+    lines = [f"Is {ref} better than each row? Cell: verdict ({ref} - row [95 % interval]); 'better' / "
+             "'worse' where the interval excludes 0, 'n.s.' where it holds 0.", "",
+             "| row | " + " | ".join(_HEADS.values()) + " |", "|---|" + "---|" * len(_HEADS)]
+    for r in others:
+        cells = []
+        for m in _HEADS:
+            d, ci = r["vs_reference"].get(f"delta_{m}"), r["vs_reference"].get(f"delta_{m}_ci95")
+            if d is None or not ci or None in ci:
+                cells.append("-")
+                continue
+            flipped = [0.0 - ci[1], 0.0 - ci[0]]  # the stored difference is row - reference (0.0 - x: no "-0.000")
+            cells.append(f"{verdict(flipped)} ({0.0 - d:+.3f} [{flipped[0]:+.3f}, {flipped[1]:+.3f}])")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ from cora.eval.curves import run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
 from cora.eval.bootstrap import COLUMNS
 from cora.eval.report import (add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
-                              seeded_row)
+                              seeded_row, verdict_table)
 from cora.io import atomic_path, read_json, read_yaml_mapping, write_json, write_parquet
 from cora.ranges import check_fields
 
@@ -370,6 +370,8 @@ def write_results(exp: Experiment) -> dict:
         lines += [f"Reference row {exp.reference} has not finished: differences are to "
                   f"{meta['reference'] if meta else 'none'}.", ""]
     lines.append(markdown_table(done, exp.key, meta) if done else "_no finished rows yet_\n")
+    if verdicts := verdict_table(done, meta):
+        lines += ["", verdicts]
     lines += ["", "| method | training | stopped by (best step) | samples/s | time (s) |", "|---|---|---|---:|---:|"]
     for r in done:
         what = f"{r['steps']} steps" if r.get("steps") is not None else f"{r.get('epochs')} epochs"
