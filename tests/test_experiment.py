@@ -118,6 +118,7 @@ def test_seeded_rows_train_per_seed_and_report_mean_sd_and_intervals(tmp_path):
             assert got[key] == want[key], key
     res = run_cli("report", "--predictions", out / "predictions", "--reference", "MF")
     assert res.returncode == 0 and "±" in res.stdout and "CoRA-MF" in res.stdout
+    assert "split: test-limit60" in res.stdout  # the copied files say which test rows they score
 
 
 def test_seeded_stage_from_takes_the_donor_run_of_the_same_seed(tmp_path, monkeypatch):

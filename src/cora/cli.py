@@ -383,7 +383,9 @@ def report_cmd(
         raise CoraError(f"unknown plot '{bad[0]}' (choose from {', '.join(PLOTS)})")
     rows, meta = build_report(runs, predictions, split, reference=reference, resamples=resamples,
                               seed=bootstrap_seed)
-    label = split if runs else "predictions"
+    # Files copied by `cora experiment` record the test rows they score (e.g. test-limit2000-per10).
+    splits = {r.get("split") for r in rows}
+    label = split if runs else (splits.pop() if len(splits) == 1 and None not in splits else "predictions")
     seeded = any("seeds" in r for r in rows)
     t = Table(title=f"split: {label}", caption=interval_note(meta, seeded), caption_justify="left")
     for c in table_columns(label, meta, seeded):

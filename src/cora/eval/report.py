@@ -146,7 +146,7 @@ def predictions_rows(paths: list[Path]) -> tuple[list[dict], list[list[pd.DataFr
     for name, members in groups.items():
         info = members[0][2]
         kind = info.get("kind") or ("cora" if name.lower().startswith("cora") else None)
-        extra = {k: info[k] for k in ("label", "no_titles", "modules") if k in info}
+        extra = {k: info[k] for k in ("label", "no_titles", "modules", "split") if info.get(k) is not None}
         per_seed = [{"run": str(path), "method": name, "kind": kind, **extra,
                      **_metric_fields(evaluate_predictions(df))} for path, df, _ in members]
         seeds = [m[2].get("seed") for m in members]
