@@ -80,6 +80,8 @@ def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, d
     for run, cfg in zip(runs, configs):
         if cfg.backbone != backbone:  # its rows differ from the frozen row by more than the method
             notes.append(f"{run} is built on backbone {cfg.backbone}, the frozen row is {backbone}")
+        if cfg.dtype != dtype:  # bf16 rounding alone moves log-likelihoods
+            notes.append(f"{run} computes in {cfg.dtype}, the frozen row in {dtype} (the first run's)")
     for note in notes:
         log(f"note: {note}")
     n_questions = sum(len(qs) for qs in questions.values())
