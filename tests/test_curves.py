@@ -42,3 +42,19 @@ def test_stages_join_and_a_reused_stage_reads_its_donor(tmp_path):
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "CoLLM"]
     assert len(lines) == 1 and list(lines[0].get_xdata()) == [100, 200, 300]
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_curves_table_lines_up_steps_and_names_the_best():
+    from cora.eval.curves import curves_table
+
+    curves = {"A": {"steps": [50, 100, 150], "valid": [0.6, 0.7, 0.7]},
+              "B": {"steps": [100, 200], "valid": [0.55, 0.5]},
+              "C": {"steps": [], "valid": []}}  # not validated yet: no line
+    table = curves_table(curves).splitlines()
+    assert table[0] == "| row | 50 | 100 | 150 | 200 | best (step) |"
+    assert table[2] == "| A | 0.600 | 0.700 | 0.700 |  | 0.700 (100) |"  # the first best, as the loop keeps it
+    assert table[3] == "| B |  | 0.550 |  | 0.500 | 0.550 (100) |" and len(table) == 4
+    long = {"L": {"steps": list(range(10, 310, 10)), "valid": [k / 100 for k in range(30)]}}
+    head = curves_table(long, max_columns=6).splitlines()[0]
+    assert head == "| row | 10 | 70 | 130 | 180 | 240 | 300 | best (step) |"  # first, last, evenly between
+    assert curves_table({"C": curves["C"]}) == ""

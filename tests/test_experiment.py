@@ -106,6 +106,8 @@ def test_seeded_rows_train_per_seed_and_report_mean_sd_and_intervals(tmp_path):
     assert "Δ AUC vs MF" in md and f"2 (sd {row['auc_std']:.4f} / {row['uauc_std']:.4f})" in md
     assert "| CoRA-MF | 4 steps x 2 seeds (1, 2) |" in md
     assert "Is MF better than each row?" in md and "| CoRA-MF | " in md.split("Is MF better")[1]
+    curves = md.split("Valid AUC by step")[1]
+    assert "| row | 2 | 4 | best (step) |" in curves and "| CoRA-MF seed 1 | " in curves and "| MF |" not in curves
     # The results folder alone rebuilds the same numbers: predictions/ + cora report --predictions.
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "CoRA-MF-seed1.parquet", "CoRA-MF-seed2.parquet", "MF.parquet"]

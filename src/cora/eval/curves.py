@@ -52,3 +52,24 @@ def _stage_log(stage: Path) -> Path:
         if donor:
             return Path(donor) / "log.jsonl"
     return stage / "log.jsonl"
+
+
+def curves_table(curves: dict[str, dict], max_columns: int = 12) -> str:
+    """Markdown: one line per row, its valid AUC at each validated step (the union of all rows'
+    steps, thinned evenly to ``max_columns`` when longer) and its best (step). Rows that have
+    not validated yet are left out; empty when none has."""
+    logged = {name: c for name, c in curves.items() if c["steps"]}
+    if not logged:
+        return ""
+    steps = sorted({s for c in logged.values() for s in c["steps"]})
+    if len(steps) > max_columns:  # keep the first and the last, evenly between
+        picks = {round(k * (len(steps) - 1) / (max_columns - 1)) for k in range(max_columns)}
+        steps = [steps[k] for k in sorted(picks)]
+    lines = ["| row | " + " | ".join(str(s) for s in steps) + " | best (step) |",
+             "|---|" + "---:|" * (len(steps) + 1)]
+    for name, c in logged.items():
+        at = dict(zip(c["steps"], c["valid"]))
+        best = max(range(len(c["valid"])), key=lambda k: (c["valid"][k], -k))  # first best, as the loop keeps
+        cells = [f"{at[s]:.3f}" if s in at else "" for s in steps]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {c['valid'][best]:.3f} ({c['steps'][best]}) |")
+    return "\n".join(lines) + "\n"

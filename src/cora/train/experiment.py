@@ -50,7 +50,7 @@ from rich.console import Console
 from cora.config import CFConfig, LLMConfig
 from cora.data.sampling import DEFAULT_PER_USER, split_key
 from cora.errors import CoraError
-from cora.eval.curves import run_curve
+from cora.eval.curves import curves_table, run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
 from cora.eval.bootstrap import COLUMNS
 from cora.eval.report import (add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
@@ -385,14 +385,16 @@ def write_results(exp: Experiment) -> dict:
         lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
     # Valid-AUC curves of every LLM row that has trained at all (a row still training included).
     training = [{"method": row["name"] + ("" if seed is None else f" seed {seed}"),
                  "label": row.get("label", row["name"]) + ("" if seed is None else f" (seed {seed})"),
                  "curve": run_curve(path)}
                 for row in exp.rows if "method" in row for seed, path in exp.seed_runs(row)]
     curves = {r["method"]: r["curve"] for r in training}
+    if table := curves_table(curves):
+        lines += ["", "Valid AUC by step, on the fixed validation sample (rows still training included):", "", table]
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     results = {"name": exp.name, "key": exp.key, "budget": exp.budget, "bootstrap": meta, "rows": done,
                "missing": missing, "curves": curves}
     write_json(out / "results.json", results)
