@@ -1,5 +1,5 @@
-"""Every LLM method trains and scores on a bf16 backbone (the powered CPU table and GPU runs use
-one): the trainable tensors stay fp32, the loss and the scores are finite, and what is saved is
+"""Every LLM method trains and scores on a bf16 backbone (GPU runs use one, and a CPU with
+AVX512-BF16 runs it faster): the trainable tensors stay fp32, the loss and the scores are finite, and what is saved is
 fp32."""
 
 from __future__ import annotations
