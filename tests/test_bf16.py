@@ -1,6 +1,6 @@
 """Every LLM method trains and scores on a bf16 backbone (GPU runs use one, and a CPU with
-AVX512-BF16 runs it faster): the trainable tensors stay fp32, the loss and the scores are finite, and what is saved is
-fp32."""
+AVX512-BF16 runs it faster): the trainable tensors stay fp32, the loss and the scores are finite,
+and what is saved is fp32."""
 
 from __future__ import annotations
 

@@ -101,13 +101,17 @@ def test_sdist_is_the_source_release(dists):
     assert (pkg_info["Name"], pkg_info["Version"]) == (DIST, VERSION)
 
 
+def _dist_name(req: str) -> str:
+    """The distribution a requirement string names, normalised ('huggingface_hub>=0.24' -> 'huggingface-hub')."""
+    return re.match(r"[A-Za-z0-9._-]+", req).group(0).lower().replace("_", "-")
+
+
 def _requirements(meta) -> dict[str | None, set[str]]:
     """Requires-Dist names by the extra that brings them (None: a plain install)."""
     out: dict[str | None, set[str]] = {}
     for req in meta.get_all("Requires-Dist"):
         extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", req)
-        name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower().replace("_", "-")
-        out.setdefault(extra.group(1) if extra else None, set()).add(name)
+        out.setdefault(extra.group(1) if extra else None, set()).add(_dist_name(req))
     return out
 
 
@@ -228,7 +232,7 @@ def test_every_third_party_import_is_declared():
 
     declared = set()
     for req in PROJECT["dependencies"] + [r for extra in PROJECT["optional-dependencies"].values() for r in extra]:
-        name = re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()
+        name = _dist_name(req)
         declared.add(IMPORT_NAMES.get(name, name.replace("-", "_")))
     stdlib = set(sys.stdlib_module_names)
     used: dict[str, str] = {}
