@@ -160,6 +160,52 @@ def test_report_only_lists_unfinished_rows(tmp_path):
     assert "Not finished: MF" in (tmp_path / "exp" / "results.md").read_text()
 
 
+def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path):
+    """Run folders are lost with a machine; the committed results folder is not. A row with no run
+    folder comes back from results.json + predictions/ with the same numbers and intervals, unless
+    its settings changed (stale: missing) or its committed predictions no longer reproduce it."""
+    import shutil
+
+    import pandas as pd
+
+    from cora.train.experiment import write_results
+
+    d = tiny_experiment(tmp_path, results=str(tmp_path / "results"), plots=["valid_curves"])
+    d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "CoRA-MF", "method": "cora", "cf": "mf", "seeds": [1, 2]}]
+    cfg = write_yaml(tmp_path / "e.yaml", d)
+    first = run_experiment(Experiment.load(cfg))
+    assert first["rows"][1]["settings"]["lr"] == 1e-2 and "seed" not in first["rows"][1]["settings"]
+    shutil.rmtree(tmp_path / "exp")  # a fresh machine: the committed results folder only
+
+    again = write_results(Experiment.load(cfg))
+    assert again["missing"] == [] and [r.get("carried") for r in again["rows"]] == [True, True]
+    for a, b in zip(first["rows"], again["rows"]):
+        for k in ("n", "auc", "uauc", "auc_ci95", "uauc_ci95", "vs_reference", "seeds"):
+            assert a.get(k) == b.get(k), k
+    assert again["curves"] == first["curves"] and again["curves"]["CoRA-MF seed 1"]["steps"]
+    md = (tmp_path / "results" / "results.md").read_text()
+    assert "Carried from the committed results" in md and "MF, CoRA-MF" in md
+    assert (tmp_path / "results" / "valid_curves.png").exists()
+
+    # A changed setting makes the committed row stale: reported missing, never carried.
+    d["llm"]["lr"] = 5e-3
+    stale = write_results(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    assert stale["missing"] == ["CoRA-MF"] and [r["method"] for r in stale["rows"]] == ["MF"]
+
+    # Committed predictions that no longer give the committed numbers: a one-line error naming the file.
+    d["llm"]["lr"] = 1e-2
+    run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    shutil.rmtree(tmp_path / "exp")
+    path = tmp_path / "results" / "predictions" / "MF.parquet"
+    df = pd.read_parquet(path)
+    attrs = dict(df.attrs)
+    df = df.iloc[:-3].copy()
+    df.attrs = attrs
+    df.to_parquet(path)
+    with pytest.raises(CoraError, match=r"MF\.parquet: does not reproduce committed row 'MF'"):
+        write_results(Experiment.load(cfg))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(colour="red"), "unknown field(s) colour"),
     (lambda d: d.pop("rows"), "missing field 'rows'"),

@@ -36,10 +36,18 @@ Results: results.md / results.json give every AUC / UAUC with the 95 % interval 
 paired bootstrap and each row's difference to the reference (cora.eval.bootstrap), and
 ``predictions/<row>[-seed<N>].parquet`` holds each row's test predictions, from which
 ``cora report --predictions <out>/predictions`` rebuilds the table without the run folders.
+
+Committed rows carry over: run folders live outside the repository and are lost with a machine,
+while ``results`` (a folder in the repository) keeps each finished row's numbers, the settings it
+ran with and its predictions. A row with no run folder here is taken from that committed
+results.json when its settings still equal what the experiment file asks for and its committed
+predictions reproduce its numbers; results.md marks it. So a table grows across machines row by
+row, and a row whose settings changed is reported missing (stale), never carried.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -52,8 +60,9 @@ from cora.data.sampling import DEFAULT_PER_USER, split_key
 from cora.errors import CoraError
 from cora.eval.curves import curves_table, run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
-from cora.eval.bootstrap import COLUMNS
-from cora.eval.report import (add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
+from cora.eval.bootstrap import COLUMNS, read_predictions
+from cora.eval.metrics import evaluate_predictions
+from cora.eval.report import (ATTRS, add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
                               seeded_row, verdict_table)
 from cora.io import atomic_path, read_json, read_yaml_mapping, write_json, write_parquet
 from cora.ranges import check_fields
@@ -198,6 +207,17 @@ class Experiment:
         """(seed, run folder) of each training of the row: one unseeded, or one per seed."""
         return [(s, self.seed_dir(row, s)) for s in (row.get("seeds") or [None])]
 
+    def row_settings(self, row: dict) -> dict:
+        """What the row would run with now: its resolved LLMConfig or CFConfig as a dict (a seeded
+        row without its seed). Stored with each finished row, compared before a row is carried."""
+        if "method" in row:
+            d = self.llm_config(row, source=row["name"]).to_dict()
+            if row.get("seeds"):
+                d.pop("seed", None)
+            return d
+        spec = dict(self.cf[row["cf"]])
+        return CFConfig.for_model(spec.pop("model", row["cf"]), data=self.data, **spec).to_dict()
+
     def llm_config(self, row: dict, source: str) -> LLMConfig:
         """The row's LLMConfig: its fields over the experiment's ``llm`` block over the reference
         settings of its method and CF model (LLM_DEFAULTS)."""
@@ -321,7 +341,82 @@ def _finished_row(exp: Experiment, row: dict) -> dict | None:
     r.update(method=row["name"], kind=row.get("method", r["kind"]), label=row.get("label", row["name"]),
              no_titles=bool(row.get("no_titles")), stage_from=row.get("stage_from", {}),
              modules=row.get("modules", exp.llm.get("modules", "qkvo")))
+    # What the row actually ran with (its run's config.yaml), so a later machine can carry it.
+    r["settings"] = {k: v for k, v in read_yaml_mapping(runs[0][1] / "config.yaml", "run config").items()
+                     if not (k == "seed" and row.get("seeds"))}
     return r
+
+
+def _committed(exp: Experiment) -> tuple[dict, dict]:
+    """The rows (by name) and curves of the committed results.json, if there is one."""
+    path = exp.results_root / "results.json"
+    if not path.exists():
+        return {}, {}
+    saved = read_json(path, "results file", mapping=True)
+    rows = {r["method"]: r for r in saved.get("rows") or [] if isinstance(r, dict) and "method" in r}
+    return rows, saved.get("curves") or {}
+
+
+def _settings_diff(saved: dict, now: dict) -> list[str]:
+    """Fields both know whose values differ (a field added to the code since is not a change)."""
+    def canon(v):  # as results.json stores it (tuples become lists, keys strings)
+        return json.dumps(v, sort_keys=True, default=str)
+
+    return [k for k in now if k in saved and canon(saved[k]) != canon(now[k])]
+
+
+def _carried_row(exp: Experiment, row: dict, committed: dict, files: dict) -> tuple[dict, list] | None:
+    """The committed result of a row that has no run folder on this machine, with its committed
+    predictions (one frame per seed); None when there is none or it is stale. A committed file
+    that no longer reproduces its row's numbers is an error: the table would not be recomputable."""
+    if any(path.exists() for _, path in exp.seed_runs(row)) or row["name"] not in committed:
+        return None
+    r = dict(committed[row["name"]])
+    where = exp.results_root / "results.json"
+    if "settings" not in r:
+        console.print(f"[yellow]{where}: row '{row['name']}' has no recorded settings: not carried (run it)")
+        return None
+    if diff := _settings_diff(r["settings"], exp.row_settings(row)):
+        console.print(f"[yellow]{where}: row '{row['name']}' ran with other settings for {', '.join(diff)}: "
+                      "stale, not carried (run it again)")
+        return None
+    per_seed = r["seeds"] if "seeds" in r else [r]
+    frames = []
+    for entry in per_seed:
+        seed = entry.get("seed")
+        found = files.get((row["name"], seed))
+        if found is None:
+            raise CoraError(f"{exp.results_root / 'predictions'}: no predictions file for committed row "
+                            f"'{row['name']}'" + ("" if seed is None else f" seed {seed}") +
+                            f" on {exp.key} (restore it, or delete the row from {where})")
+        path, df = found
+        m = evaluate_predictions(df)
+        if len(df) != entry["n"] or abs(m["auc"] - entry["auc"]) > 1e-5 or (
+                entry.get("uauc") is not None and abs(m["uauc"] - entry["uauc"]) > 1e-5):
+            raise CoraError(f"{path}: does not reproduce committed row '{row['name']}' "
+                            f"({len(df):,} rows, AUC {m['auc']:.6f}; results.json: {entry['n']:,}, {entry['auc']:.6f})")
+        frames.append((df, str(path)))
+    r["carried"] = True
+    return r, frames
+
+
+def _committed_predictions(exp: Experiment) -> dict:
+    """(row name, seed) -> (file, frame) of the committed predictions on the experiment's test key."""
+    folder = exp.results_root / "predictions"
+    files = {}
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        df = read_predictions(path)
+        info = df.attrs.get(ATTRS) or {}
+        if info.get("row") is not None and info.get("split", exp.key) == exp.key:
+            files[(info["row"], info.get("seed"))] = (path, df)
+    return files
+
+
+def _curve(run: Path, key: str, committed: dict) -> dict:
+    """A row's valid curve from its run folder, else the committed one (a run lost with a machine)."""
+    if run.exists() or not isinstance(committed.get(key), dict):
+        return run_curve(run)
+    return committed[key]
 
 
 def _row_predictions(exp: Experiment, r: dict) -> tuple[list, list[str]]:
@@ -349,15 +444,19 @@ def write_results(exp: Experiment) -> dict:
     """results.md (Table 3 layout + warm/cold, with 95 % intervals and differences to the
     reference), results.json, predictions/ and the configured plots, from the rows that have
     finished; rows still missing are listed, not invented."""
-    done, missing = [], []
+    done, missing, loaded = [], [], []
+    committed, committed_curves = _committed(exp)
+    files = _committed_predictions(exp) if committed else {}
     for row in exp.rows:
-        r = _finished_row(exp, row)
-        if r is None:
-            missing.append(row["name"])
-        else:
+        if (r := _finished_row(exp, row)) is not None:
+            # A finished row with a corrupt predictions file is an error, not "missing".
             done.append(r)
-    # Outside the loop above: a finished row with a corrupt predictions file is an error, not "missing".
-    loaded = [_row_predictions(exp, r) for r in done]
+            loaded.append(_row_predictions(exp, r))
+        elif carried := _carried_row(exp, row, committed, files):
+            done.append(carried[0])
+            loaded.append(([f for f, _ in carried[1]], [s for _, s in carried[1]]))
+        else:
+            missing.append(row["name"])
     frames = [f for f, _ in loaded]
     reference = exp.reference if exp.reference in {r["method"] for r in done} else None
     meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference) if done else None
@@ -383,12 +482,15 @@ def write_results(exp: Experiment) -> dict:
         stopped = " / ".join(s.get("stopped") or "-" for s in runs)  # one per seed
         rate = " / ".join(f"{s['samples_per_s']:.2f}" if s.get("samples_per_s") else "-" for s in runs)
         lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
+    if carried := [r["method"] for r in done if r.get("carried")]:
+        lines += ["", f"Carried from the committed results (no run folder on this machine; their committed "
+                      f"predictions re-checked): {', '.join(carried)}"]
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
     # Valid-AUC curves of every LLM row that has trained at all (a row still training included).
     training = [{"method": row["name"] + ("" if seed is None else f" seed {seed}"),
                  "label": row.get("label", row["name"]) + ("" if seed is None else f" (seed {seed})"),
-                 "curve": run_curve(path)}
+                 "curve": _curve(path, row["name"] + ("" if seed is None else f" seed {seed}"), committed_curves)}
                 for row in exp.rows if "method" in row for seed, path in exp.seed_runs(row)]
     curves = {r["method"]: r["curve"] for r in training}
     if table := curves_table(curves):
