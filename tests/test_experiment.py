@@ -186,6 +186,14 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
     md = (tmp_path / "results" / "results.md").read_text()
     assert "Carried from the committed results" in md and "MF, CoRA-MF" in md
     assert (tmp_path / "results" / "valid_curves.png").exists()
+    # Both rows name the CF weights they came from; weights that differ between rows are reported.
+    assert again["rows"][0]["cf_sha256"] == again["rows"][1]["cf_sha256"] and "different CF weight" not in md
+    saved = json.loads((tmp_path / "results" / "results.json").read_text())
+    saved["rows"][1]["cf_sha256"] = "f" * 64
+    (tmp_path / "results" / "results.json").write_text(json.dumps(saved))
+    write_results(Experiment.load(cfg))
+    assert "Rows on cf 'mf' were computed from 2 different CF weight files" in (
+        tmp_path / "results" / "results.md").read_text()
 
     # A changed setting makes the committed row stale: reported missing, never carried.
     d["llm"]["lr"] = 5e-3

@@ -64,7 +64,7 @@ from cora.eval.bootstrap import COLUMNS, read_predictions
 from cora.eval.metrics import evaluate_predictions
 from cora.eval.report import (ATTRS, add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
                               seeded_row, verdict_table)
-from cora.io import atomic_path, read_json, read_yaml_mapping, write_json, write_parquet
+from cora.io import atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
 from cora.ranges import check_fields
 
 console = Console(stderr=True)
@@ -344,7 +344,24 @@ def _finished_row(exp: Experiment, row: dict) -> dict | None:
     # What the row actually ran with (its run's config.yaml), so a later machine can carry it.
     r["settings"] = {k: v for k, v in read_yaml_mapping(runs[0][1] / "config.yaml", "run config").items()
                      if not (k == "seed" and row.get("seeds"))}
+    # The CF weights it read (or is): rows carried from other machines used a CF run trained there.
+    weights = exp.cf_dir(row["cf"]) / "model.safetensors" if row.get("cf") else None
+    if weights is not None and weights.exists():
+        r["cf_sha256"] = sha256_file(weights)
     return r
+
+
+def _cf_weight_notes(exp: Experiment, done: list[dict]) -> list[str]:
+    """One line per CF key whose rows were computed from different CF weights (a CF run trained
+    again on another machine that did not reproduce the same bits)."""
+    notes = []
+    for key in exp.cf:
+        names = {r["method"] for r in done if exp._row(r["method"]).get("cf") == key}
+        shas = {r["cf_sha256"] for r in done if r["method"] in names and r.get("cf_sha256")}
+        if len(shas) > 1:
+            notes.append(f"Rows on cf '{key}' were computed from {len(shas)} different CF weight files "
+                         f"(sha256 {', '.join(sorted(s[:12] for s in shas))}; see cf_sha256 in results.json).")
+    return notes
 
 
 def _committed(exp: Experiment) -> tuple[dict, dict]:
@@ -482,6 +499,8 @@ def write_results(exp: Experiment) -> dict:
         stopped = " / ".join(s.get("stopped") or "-" for s in runs)  # one per seed
         rate = " / ".join(f"{s['samples_per_s']:.2f}" if s.get("samples_per_s") else "-" for s in runs)
         lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
+    if notes := _cf_weight_notes(exp, done):
+        lines += [""] + notes
     if carried := [r["method"] for r in done if r.get("carried")]:
         lines += ["", f"Carried from the committed results (no run folder on this machine; their committed "
                       f"predictions re-checked): {', '.join(carried)}"]
