@@ -494,5 +494,14 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     with atomic_dir(tmp_path / "run") as d:
         (d / "f").write_text("x")
     (tmp_path / "plain-dir").mkdir()
+    # safetensors replaces the file it is given by a new 0600 one: the rename must still give umask modes.
+    import torch
+
+    from cora.train.checkpoint import save_checkpoint, save_tensors
+
+    save_tensors(tmp_path / "m.safetensors", {"w": torch.zeros(2)})
+    save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, {"step": 1})
+    for f in (tmp_path / "m.safetensors", tmp_path / "ckpt" / "trainable.safetensors"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "run").stat().st_mode & 0o777 == (tmp_path / "plain-dir").stat().st_mode & 0o777

@@ -94,6 +94,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp = _tmp_sibling(path)
         yield tmp
+        # Again here: a writer that replaces the file it was given (safetensors' save_file does)
+        # makes a new 0600 file.
+        os.chmod(tmp, FILE_MODE)
         kill_point(f"{path.name}-write")
         os.replace(tmp, path)
     except Exception as e:
@@ -302,6 +305,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         tmp = make_tmp_dir(path)
         yield tmp
+        for f in tmp.rglob("*"):  # files a writer made private (safetensors writes 0600)
+            if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 == 0o600:
+                os.chmod(f, FILE_MODE)
         kill_point(f"{path.name}-write")
         # Swap so that at every moment one complete folder exists, even under kill -9: the old
         # one goes aside, the new one in, then the aside goes. A kill between the two renames
