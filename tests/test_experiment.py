@@ -174,14 +174,15 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
     d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "CoRA-MF", "method": "cora", "cf": "mf", "seeds": [1, 2]}]
     cfg = write_yaml(tmp_path / "e.yaml", d)
     first = run_experiment(Experiment.load(cfg))
-    assert first["rows"][1]["settings"]["lr"] == 1e-2 and "seed" not in first["rows"][1]["settings"]
+    assert first["runs"]["CoRA-MF seed 2"]["settings"]["lr"] == 1e-2 and first["runs"]["CoRA-MF seed 2"]["settings"]["seed"] == 2
     shutil.rmtree(tmp_path / "exp")  # a fresh machine: the committed results folder only
 
     again = write_results(Experiment.load(cfg))
-    assert again["missing"] == [] and [r.get("carried") for r in again["rows"]] == [True, True]
+    assert again["missing"] == [] and [r.get("carried") for r in again["rows"]] == [True, [1, 2]]
     for a, b in zip(first["rows"], again["rows"]):
-        for k in ("n", "auc", "uauc", "auc_ci95", "uauc_ci95", "vs_reference", "seeds"):
+        for k in ("n", "auc", "uauc", "auc_ci95", "uauc_ci95", "vs_reference", "steps", "stopped", "settings"):
             assert a.get(k) == b.get(k), k
+        assert [{**s, "carried": True} for s in a.get("seeds", [])] == b.get("seeds", [])
     assert again["curves"] == first["curves"] and again["curves"]["CoRA-MF seed 1"]["steps"]
     md = (tmp_path / "results" / "results.md").read_text()
     assert "Carried from the committed results" in md and "MF, CoRA-MF" in md
@@ -189,7 +190,7 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
     # Both rows name the CF weights they came from; weights that differ between rows are reported.
     assert again["rows"][0]["cf_sha256"] == again["rows"][1]["cf_sha256"] and "different CF weight" not in md
     saved = json.loads((tmp_path / "results" / "results.json").read_text())
-    saved["rows"][1]["cf_sha256"] = "f" * 64
+    saved["runs"]["CoRA-MF seed 1"]["cf_sha256"] = "f" * 64
     (tmp_path / "results" / "results.json").write_text(json.dumps(saved))
     write_results(Experiment.load(cfg))
     assert "Rows on cf 'mf' were computed from 2 different CF weight files" in (
@@ -210,8 +211,45 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
     df = df.iloc[:-3].copy()
     df.attrs = attrs
     df.to_parquet(path)
-    with pytest.raises(CoraError, match=r"MF\.parquet: does not reproduce committed row 'MF'"):
+    with pytest.raises(CoraError, match=r"MF\.parquet: does not reproduce committed 'MF'"):
         write_results(Experiment.load(cfg))
+
+
+def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_path):
+    """TALLRec trained on one machine gives CoLLM its LoRA stage on the next (results/stages/);
+    one seed of a row committed from one machine, the other trained on the next, make one row."""
+    import shutil
+
+    d = tiny_experiment(tmp_path, results=str(tmp_path / "results"), plots=[])
+    d["rows"] = [{"name": "TALLRec", "method": "tallrec"},
+                 {"name": "CoLLM-MF", "method": "collm", "cf": "mf", "seeds": [1, 2], "stage_from": {"lora": "TALLRec"}}]
+    cfg = write_yaml(tmp_path / "e.yaml", d)
+    run_experiment(Experiment.load(cfg), only=["TALLRec"])
+    kept = tmp_path / "results" / "stages" / "tallrec"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "model.safetensors", "train_summary.json"]
+    shutil.rmtree(tmp_path / "exp")  # the next machine
+
+    results = run_experiment(Experiment.load(cfg), only=["CoLLM-MF"])
+    assert not (tmp_path / "exp" / "tallrec").exists()  # carried, not trained again
+    summary = json.loads((tmp_path / "exp" / "collm-mf-seed1" / "train_summary.json").read_text())
+    assert Path(summary["stages"]["lora"]["reused_from"]) == kept
+    assert results["missing"] == [] and results["rows"][0]["carried"] is True
+
+    # Seed 1 finished on a machine, seed 2 not yet: the row waits, seed 1 is kept for the next.
+    saved = json.loads((tmp_path / "results" / "results.json").read_text())
+    del saved["runs"]["CoLLM-MF seed 2"]
+    saved["rows"] = saved["rows"][:1]
+    (tmp_path / "results" / "results.json").write_text(json.dumps(saved))
+    (tmp_path / "results" / "predictions" / "CoLLM-MF-seed2.parquet").unlink()
+    shutil.rmtree(tmp_path / "exp")
+    from cora.train.experiment import write_results
+
+    partial = write_results(Experiment.load(cfg))
+    assert partial["missing"] == ["CoLLM-MF"] and "CoLLM-MF seed 1" in partial["runs"]
+    results = run_experiment(Experiment.load(cfg), only=["CoLLM-MF"])
+    assert not (tmp_path / "exp" / "collm-mf-seed1").exists() and (tmp_path / "exp" / "collm-mf-seed2").exists()
+    row = results["rows"][1]
+    assert row["method"] == "CoLLM-MF" and row["carried"] == [1] and [s["seed"] for s in row["seeds"]] == [1, 2]
 
 
 @pytest.mark.parametrize("change, message", [

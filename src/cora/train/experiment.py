@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ from cora.eval.bootstrap import COLUMNS, read_predictions
 from cora.eval.metrics import evaluate_predictions
 from cora.eval.report import (ATTRS, add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
                               seeded_row, verdict_table)
-from cora.io import atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
+from cora.io import atomic_dir, atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
 from cora.ranges import check_fields
 
 console = Console(stderr=True)
@@ -266,7 +267,7 @@ def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
     cfg = exp.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"])
     # A seeded donor gives the run of this seed (validate made sure it has it).
     donors = {stage: exp._row(donor) for stage, donor in (row.get("stage_from") or {}).items()}
-    stage_from = {stage: exp.seed_dir(d, seed if d.get("seeds") else None) for stage, d in donors.items()}
+    stage_from = {stage: _donor_dir(exp, d, seed if d.get("seeds") else None) for stage, d in donors.items()}
     if not (out / "train_summary.json").exists():
         train_run(cfg, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
     metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
@@ -275,21 +276,59 @@ def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
     return out
 
 
+STAGE_FILES = ("config.yaml", "model.safetensors", "train_summary.json")
+
+
+def _donor_dir(exp: Experiment, donor: dict, seed: int | None) -> Path:
+    """Where a stage is taken from: the donor's run folder when it has finished here, else the
+    copy of its trained stage in the committed results (``stages/``; a donor trained on
+    another machine), else the run folder (reuse_stage then says it has not finished)."""
+    run = exp.seed_dir(donor, seed)
+    kept = exp.results_root / "stages" / run.name
+    if not (run / "train_summary.json").exists() and all((kept / f).exists() for f in STAGE_FILES):
+        return kept
+    return run
+
+
+def _keep_stages(exp: Experiment) -> None:
+    """Copy each finished donor training (TALLRec for CoLLM / BinLLM) into ``<results>/stages/``:
+    a few MB of LoRA, so a later machine trains the consuming rows without training it again."""
+    donors = {name for row in exp.rows for name in (row.get("stage_from") or {}).values()}
+    for row in exp.rows:
+        if row["name"] not in donors:
+            continue
+        for _, run in exp.seed_runs(row):
+            kept = exp.results_root / "stages" / run.name
+            if not all((run / f).exists() for f in STAGE_FILES):
+                continue
+            if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
+                continue
+            with atomic_dir(kept, overwrite=True) as tmp:
+                for f in STAGE_FILES:
+                    shutil.copyfile(run / f, tmp / f)
+
+
 def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
     """Run (or resume) every row, then write results.md / results.json / plots. Returns the results."""
     _ensure_data(exp)
     Path(exp.out).mkdir(parents=True, exist_ok=True)
     failures = {}
+    committed, _ = _committed(exp)
+    files = _committed_predictions(exp) if committed else {}
     for i, row in enumerate(exp.rows):
         if only and row["name"] not in only:
             continue
         console.rule(f"[bold]{i + 1}/{len(exp.rows)}  {row['name']}")
         try:
-            if "method" not in row:
-                _run_cf(exp, row["cf"])
-            else:
-                for seed, _ in exp.seed_runs(row):
+            for seed, run in exp.seed_runs(row):
+                # Finished on another machine and committed with the same settings: not redone.
+                if _carried_run(exp, row, seed, run, committed, files):
+                    console.print(f"{run_key(row, seed)}: carried from {exp.results_root / 'results.json'}")
+                elif "method" not in row:
+                    _run_cf(exp, row["cf"])
+                else:
                     _run_llm(exp, row, seed)
+                    _keep_stages(exp)
         except (CoraError, RuntimeError, ValueError) as e:  # one bad row must not cost the others
             failures[row["name"]] = f"{type(e).__name__}: {e}"
             console.print(f"[red]row '{row['name']}' failed:[/] {e}")
@@ -323,55 +362,28 @@ def _stopped(summary: dict) -> str:
     return "; ".join(f"{name}: {one(st)}" for name, st in stages.items()) if stages else one(summary)
 
 
-def _finished_row(exp: Experiment, row: dict) -> dict | None:
-    """The row's result (a seeded row: mean over its seeds, per-seed rows under ``seeds``), or
-    None while one of its runs has no metrics for the experiment's test key."""
-    runs = exp.seed_runs(row)
+def run_key(row: dict, seed: int | None) -> str:
+    """A training's name in results.json (``runs``, ``curves``): the row's, plus its seed."""
+    return row["name"] + ("" if seed is None else f" seed {seed}")
+
+
+def _local_run(exp: Experiment, row: dict, seed: int | None, run: Path) -> dict | None:
+    """One training of the row from its run folder here, with its test predictions; None while it
+    has no metrics for the experiment's test key (not trained, or still training)."""
     try:
-        per_seed = [report_rows([run], exp.key)[0] for _, run in runs]
+        entry = report_rows([run], exp.key)[0]
     except CoraError:
         return None
-    for (_, run), r in zip(runs, per_seed):
-        r.update(_train_info(run))
-    r = per_seed[0] if runs[0][0] is None else seeded_row(per_seed, [s for s, _ in runs])
-    if "seeds" in r:  # training cost of a seeded row: all its seeds; each seed keeps its own
-        r["train_time_s"] = sum(p.get("train_time_s") or 0 for p in per_seed)
-        for entry, (_, run) in zip(r["seeds"], runs):
-            entry.update(_train_info(run))
-    r.update(method=row["name"], kind=row.get("method", r["kind"]), label=row.get("label", row["name"]),
-             no_titles=bool(row.get("no_titles")), stage_from=row.get("stage_from", {}),
-             modules=row.get("modules", exp.llm.get("modules", "qkvo")))
-    # What the row actually ran with (its run's config.yaml), so a later machine can carry it.
-    r["settings"] = {k: v for k, v in read_yaml_mapping(runs[0][1] / "config.yaml", "run config").items()
-                     if not (k == "seed" and row.get("seeds"))}
-    # The CF weights it read (or is): rows carried from other machines used a CF run trained there.
+    entry.update(_train_info(run), seed=seed)
+    # What it actually ran with (its config.yaml), so that another machine can carry it.
+    entry["settings"] = read_yaml_mapping(run / "config.yaml", "run config")
+    # The CF weights it read (or is): a CF run trained again elsewhere may differ.
     weights = exp.cf_dir(row["cf"]) / "model.safetensors" if row.get("cf") else None
     if weights is not None and weights.exists():
-        r["cf_sha256"] = sha256_file(weights)
-    return r
-
-
-def _cf_weight_notes(exp: Experiment, done: list[dict]) -> list[str]:
-    """One line per CF key whose rows were computed from different CF weights (a CF run trained
-    again on another machine that did not reproduce the same bits)."""
-    notes = []
-    for key in exp.cf:
-        names = {r["method"] for r in done if exp._row(r["method"]).get("cf") == key}
-        shas = {r["cf_sha256"] for r in done if r["method"] in names and r.get("cf_sha256")}
-        if len(shas) > 1:
-            notes.append(f"Rows on cf '{key}' were computed from {len(shas)} different CF weight files "
-                         f"(sha256 {', '.join(sorted(s[:12] for s in shas))}; see cf_sha256 in results.json).")
-    return notes
-
-
-def _committed(exp: Experiment) -> tuple[dict, dict]:
-    """The rows (by name) and curves of the committed results.json, if there is one."""
-    path = exp.results_root / "results.json"
-    if not path.exists():
-        return {}, {}
-    saved = read_json(path, "results file", mapping=True)
-    rows = {r["method"]: r for r in saved.get("rows") or [] if isinstance(r, dict) and "method" in r}
-    return rows, saved.get("curves") or {}
+        entry["cf_sha256"] = sha256_file(weights)
+    # A finished run with a corrupt or stale predictions file is an error, not "missing".
+    frame = run_predictions(run, exp.key, entry["n"])
+    return {"entry": entry, "frame": frame, "source": str(run / f"predictions-{exp.key}.parquet")}
 
 
 def _settings_diff(saved: dict, now: dict) -> list[str]:
@@ -382,39 +394,99 @@ def _settings_diff(saved: dict, now: dict) -> list[str]:
     return [k for k in now if k in saved and canon(saved[k]) != canon(now[k])]
 
 
-def _carried_row(exp: Experiment, row: dict, committed: dict, files: dict) -> tuple[dict, list] | None:
-    """The committed result of a row that has no run folder on this machine, with its committed
-    predictions (one frame per seed); None when there is none or it is stale. A committed file
-    that no longer reproduces its row's numbers is an error: the table would not be recomputable."""
-    if any(path.exists() for _, path in exp.seed_runs(row)) or row["name"] not in committed:
+def _carried_run(exp: Experiment, row: dict, seed: int | None, run: Path, committed: dict, files: dict) -> dict | None:
+    """One training of the row from the committed results.json and predictions/, for a run whose
+    folder is not on this machine; None when there is none or it ran with other settings (stale).
+    A committed file that no longer reproduces its numbers is an error: the table would not be
+    recomputable."""
+    key = run_key(row, seed)
+    if run.exists() or key not in committed:
         return None
-    r = dict(committed[row["name"]])
+    entry = dict(committed[key])
     where = exp.results_root / "results.json"
-    if "settings" not in r:
-        console.print(f"[yellow]{where}: row '{row['name']}' has no recorded settings: not carried (run it)")
+    now = exp.row_settings(row)
+    if seed is not None:
+        now["seed"] = seed
+    if "settings" not in entry:
+        console.print(f"[yellow]{where}: '{key}' has no recorded settings: not carried (run it)")
         return None
-    if diff := _settings_diff(r["settings"], exp.row_settings(row)):
-        console.print(f"[yellow]{where}: row '{row['name']}' ran with other settings for {', '.join(diff)}: "
-                      "stale, not carried (run it again)")
+    if diff := _settings_diff(entry["settings"], now):
+        console.print(f"[yellow]{where}: '{key}' ran with other settings for {', '.join(diff)}: stale, "
+                      "not carried (run it again)")
         return None
-    per_seed = r["seeds"] if "seeds" in r else [r]
-    frames = []
-    for entry in per_seed:
-        seed = entry.get("seed")
-        found = files.get((row["name"], seed))
-        if found is None:
-            raise CoraError(f"{exp.results_root / 'predictions'}: no predictions file for committed row "
-                            f"'{row['name']}'" + ("" if seed is None else f" seed {seed}") +
-                            f" on {exp.key} (restore it, or delete the row from {where})")
-        path, df = found
-        m = evaluate_predictions(df)
-        if len(df) != entry["n"] or abs(m["auc"] - entry["auc"]) > 1e-5 or (
-                entry.get("uauc") is not None and abs(m["uauc"] - entry["uauc"]) > 1e-5):
-            raise CoraError(f"{path}: does not reproduce committed row '{row['name']}' "
-                            f"({len(df):,} rows, AUC {m['auc']:.6f}; results.json: {entry['n']:,}, {entry['auc']:.6f})")
-        frames.append((df, str(path)))
-    r["carried"] = True
-    return r, frames
+    if (row["name"], seed) not in files:
+        raise CoraError(f"{exp.results_root / 'predictions'}: no predictions file for committed '{key}' on "
+                        f"{exp.key} (restore it, or delete '{key}' from {where})")
+    path, frame = files[(row["name"], seed)]
+    m = evaluate_predictions(frame)
+    if len(frame) != entry["n"] or abs(m["auc"] - entry["auc"]) > 1e-5 or (
+            entry.get("uauc") is not None and abs(m["uauc"] - entry["uauc"]) > 1e-5):
+        raise CoraError(f"{path}: does not reproduce committed '{key}' ({len(frame):,} rows, AUC {m['auc']:.6f}; "
+                        f"results.json: {entry['n']:,}, {entry['auc']:.6f})")
+    entry.update(carried=True, seed=seed)
+    return {"entry": entry, "frame": frame, "source": str(path)}
+
+
+def _finished_row(exp: Experiment, row: dict, committed: dict, files: dict) -> tuple[dict, list[dict]] | None:
+    """The row's result (a seeded row: mean over its seeds, per-seed rows under ``seeds``) and its
+    trainings, or None while one of them is neither finished here nor committed. Each training
+    comes from its run folder when it is here, else from the committed results (so the seeds of
+    one row may be trained on different machines)."""
+    got = []
+    for seed, run in exp.seed_runs(row):
+        one = _local_run(exp, row, seed, run) or _carried_run(exp, row, seed, run, committed, files)
+        if one is None:
+            return None
+        got.append(one)
+    per_seed = [dict(g["entry"]) for g in got]
+    carried = [p["seed"] for p in per_seed if p.get("carried")]
+    if row.get("seeds"):
+        r = seeded_row(per_seed, [p["seed"] for p in per_seed])
+        r["train_time_s"] = sum(p.get("train_time_s") or 0 for p in per_seed)  # all its seeds
+        for entry, p in zip(r["seeds"], per_seed):  # each seed keeps its own training record
+            entry.update({k: p[k] for k in ("steps", "epochs", "train_time_s", "samples_per_s", "stopped",
+                                            "carried", "cf_sha256") if k in p})
+        r.pop("seed", None)
+    else:
+        r = per_seed[0]
+        r.pop("seed", None)
+    r.pop("carried", None)
+    r.pop("settings", None)  # kept once, under results.json's "runs"
+    if carried:
+        r["carried"] = carried if row.get("seeds") else True
+    r.update(_row_identity(exp, row))
+    if shas := {p["cf_sha256"] for p in per_seed if p.get("cf_sha256")}:
+        r["cf_sha256"] = sorted(shas)[0] if len(shas) == 1 else sorted(shas)
+    return r, got
+
+
+def _cf_weight_notes(exp: Experiment, done: list[dict]) -> list[str]:
+    """One line per CF key whose rows were computed from different CF weights (a CF run trained
+    again on another machine that did not reproduce the same bits)."""
+    notes = []
+    for key in exp.cf:
+        shas = set()
+        for r in done:
+            if exp._row(r["method"]).get("cf") == key and r.get("cf_sha256"):
+                shas |= set([r["cf_sha256"]] if isinstance(r["cf_sha256"], str) else r["cf_sha256"])
+        if len(shas) > 1:
+            notes.append(f"Rows on cf '{key}' were computed from {len(shas)} different CF weight files "
+                         f"(sha256 {', '.join(sorted(s[:12] for s in shas))}; see cf_sha256 in results.json).")
+    return notes
+
+
+def _committed(exp: Experiment) -> tuple[dict, dict]:
+    """The finished trainings (by :func:`run_key`) and curves of the committed results.json, if
+    there is one. A file written before ``runs`` existed gives its unseeded rows."""
+    path = exp.results_root / "results.json"
+    if not path.exists():
+        return {}, {}
+    saved = read_json(path, "results file", mapping=True)
+    runs = saved.get("runs")
+    if not isinstance(runs, dict):
+        runs = {r["method"]: r for r in saved.get("rows") or []
+                if isinstance(r, dict) and "method" in r and "seeds" not in r}
+    return runs, saved.get("curves") or {}
 
 
 def _committed_predictions(exp: Experiment) -> dict:
@@ -422,10 +494,10 @@ def _committed_predictions(exp: Experiment) -> dict:
     folder = exp.results_root / "predictions"
     files = {}
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-        df = read_predictions(path)
-        info = df.attrs.get(ATTRS) or {}
+        frame = read_predictions(path)
+        info = frame.attrs.get(ATTRS) or {}
         if info.get("row") is not None and info.get("split", exp.key) == exp.key:
-            files[(info["row"], info.get("seed"))] = (path, df)
+            files[(info["row"], info.get("seed"))] = (path, frame)
     return files
 
 
@@ -436,49 +508,55 @@ def _curve(run: Path, key: str, committed: dict) -> dict:
     return committed[key]
 
 
-def _row_predictions(exp: Experiment, r: dict) -> tuple[list, list[str]]:
-    """The row's test predictions, one frame per seed, and their files (for error messages)."""
-    runs = r["seeds"] if "seeds" in r else [r]
-    frames = [run_predictions(s["run"], exp.key, s["n"]) for s in runs]
-    return frames, [str(Path(s["run"]) / f"predictions-{exp.key}.parquet") for s in runs]
+def _row_identity(exp: Experiment, row: dict) -> dict:
+    """How a row is named and drawn in the table and in its predictions files' attrs."""
+    kind = row.get("method") or exp.cf[row["cf"]].get("model", row["cf"])
+    return {"method": row["name"], "kind": kind, "label": row.get("label", row["name"]),
+            "no_titles": bool(row.get("no_titles")), "stage_from": row.get("stage_from", {}),
+            "modules": row.get("modules", exp.llm.get("modules", "qkvo"))}
 
 
-def _copy_predictions(exp: Experiment, done: list[dict], frames: list[list]) -> None:
-    """<out>/predictions/<row>[-seed<N>].parquet: the results folder alone rebuilds the table
-    (`cora report --predictions`); the file's attrs keep the row's name, seed and position."""
-    folder, stems = exp.results_root / "predictions", set()
-    for order, (r, per_seed) in enumerate(zip(done, frames)):
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", r["method"]).strip("-") or "row"
-        stem = stem if stem not in stems else f"{stem}-{order}"  # 'A B' and 'A-B' both map to 'A-B'
-        stems.add(stem)
-        for seed, df in zip([s["seed"] for s in r["seeds"]] if "seeds" in r else [None], per_seed):
-            copy = df[list(COLUMNS)].reset_index(drop=True)
-            copy.attrs = prediction_attrs(r, order, seed, exp.key)
-            write_parquet(folder / (stem + ("" if seed is None else f"-seed{seed}") + ".parquet"), copy)
+def _copy_predictions(exp: Experiment, trainings: dict) -> None:
+    """<out>/predictions/<row>[-seed<N>].parquet for every finished training (a seed of a row
+    still missing others included): the results folder alone rebuilds the table (`cora report
+    --predictions`) and carries the training to another machine; the file's attrs keep the row's
+    name, seed and position."""
+    folder, stems = exp.results_root / "predictions", {}
+    for order, row in enumerate(exp.rows):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", row["name"]).strip("-") or "row"
+        stems[row["name"]] = stem if stem not in stems.values() else f"{stem}-{order}"  # 'A B', 'A-B'
+    order = {row["name"]: i for i, row in enumerate(exp.rows)}
+    for t in trainings.values():
+        row, seed = t["row"], t["seed"]
+        copy = t["frame"][list(COLUMNS)].reset_index(drop=True)
+        copy.attrs = prediction_attrs(_row_identity(exp, row), order[row["name"]], seed, exp.key)
+        write_parquet(folder / (stems[row["name"]] + ("" if seed is None else f"-seed{seed}") + ".parquet"), copy)
 
 
 def write_results(exp: Experiment) -> dict:
     """results.md (Table 3 layout + warm/cold, with 95 % intervals and differences to the
     reference), results.json, predictions/ and the configured plots, from the rows that have
     finished; rows still missing are listed, not invented."""
-    done, missing, loaded = [], [], []
+    done, missing, loaded, trainings = [], [], [], {}
     committed, committed_curves = _committed(exp)
     files = _committed_predictions(exp) if committed else {}
     for row in exp.rows:
-        if (r := _finished_row(exp, row)) is not None:
-            # A finished row with a corrupt predictions file is an error, not "missing".
-            done.append(r)
-            loaded.append(_row_predictions(exp, r))
-        elif carried := _carried_row(exp, row, committed, files):
-            done.append(carried[0])
-            loaded.append(([f for f, _ in carried[1]], [s for _, s in carried[1]]))
-        else:
+        finished = _finished_row(exp, row, committed, files)
+        if finished is None:
             missing.append(row["name"])
+            # Its trainings that have finished (seed 1 of 3) are kept for the machine that ends it.
+            for seed, run in exp.seed_runs(row):
+                if one := _local_run(exp, row, seed, run) or _carried_run(exp, row, seed, run, committed, files):
+                    trainings[run_key(row, seed)] = {"row": row, "seed": seed, **one}
+            continue
+        r, got = finished
+        done.append(r)
+        loaded.append(([g["frame"] for g in got], [g["source"] for g in got]))
+        trainings.update({run_key(row, g["entry"]["seed"]): {"row": row, "seed": g["entry"]["seed"], **g} for g in got})
     frames = [f for f, _ in loaded]
     reference = exp.reference if exp.reference in {r["method"] for r in done} else None
     meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference) if done else None
-    if done:
-        _copy_predictions(exp, done, frames)
+    _copy_predictions(exp, trainings)
     out = exp.results_root
     lines = [f"# {exp.name}", "", f"- data: `{exp.data}`; test rows: `{exp.key}`",
              f"- backbone: `{exp.llm.get('backbone', 'smollm2-135m')}`", f"- budget: {exp.budget or 'n/a'}", ""]
@@ -501,7 +579,8 @@ def write_results(exp: Experiment) -> dict:
         lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
     if notes := _cf_weight_notes(exp, done):
         lines += [""] + notes
-    if carried := [r["method"] for r in done if r.get("carried")]:
+    if carried := [r["method"] + ("" if r["carried"] is True else f" (seeds {', '.join(map(str, r['carried']))})")
+                   for r in done if r.get("carried")]:
         lines += ["", f"Carried from the committed results (no run folder on this machine; their committed "
                       f"predictions re-checked): {', '.join(carried)}"]
     if missing:
@@ -517,7 +596,9 @@ def write_results(exp: Experiment) -> dict:
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     results = {"name": exp.name, "key": exp.key, "budget": exp.budget, "bootstrap": meta, "rows": done,
-               "missing": missing, "curves": curves}
+               "missing": missing, "curves": curves,
+               # Every finished training with the settings it ran with: what another machine carries.
+               "runs": {k: t["entry"] for k, t in trainings.items()}}
     write_json(out / "results.json", results)
     for plot in exp.plots:
         if plot in TRAINING_PLOTS:
