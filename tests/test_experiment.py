@@ -226,13 +226,16 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     cfg = write_yaml(tmp_path / "e.yaml", d)
     run_experiment(Experiment.load(cfg), only=["TALLRec"])
     kept = tmp_path / "results" / "stages" / "tallrec"
-    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "model.safetensors", "train_summary.json"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "log.jsonl", "model.safetensors", "train_summary.json"]
     shutil.rmtree(tmp_path / "exp")  # the next machine
 
     results = run_experiment(Experiment.load(cfg), only=["CoLLM-MF"])
     assert not (tmp_path / "exp" / "tallrec").exists()  # carried, not trained again
     summary = json.loads((tmp_path / "exp" / "collm-mf-seed1" / "train_summary.json").read_text())
     assert Path(summary["stages"]["lora"]["reused_from"]) == kept
+    curve = results["curves"]["CoLLM-MF seed 1"]  # its first stage's points come from the kept log
+    assert [name for _, name in curve["stage_starts"]][:1] == ["lora"] and len(curve["steps"]) == 4
+    assert len(curve["loss"]) == 4 and all(loss > 0 for loss in curve["loss"])
     assert results["missing"] == [] and results["rows"][0]["carried"] is True
 
     # Seed 1 finished on a machine, seed 2 not yet: the row waits, seed 1 is kept for the next.

@@ -30,19 +30,22 @@ def read_log(path: Path) -> list[dict]:
 
 
 def run_curve(run: str | Path, metric: str = "auc") -> dict:
-    """{"steps": [...], "valid": [...], "stage_starts": [(step, name), ...]} of one run folder."""
+    """{"steps": [...], "valid": [...], "loss": [...], "stage_starts": [(step, name), ...]} of one
+    run folder; ``loss`` is the mean training loss since the previous validation (a diverging run
+    shows there before its valid AUC falls)."""
     run = Path(run)
     key = f"valid_{metric}"
     stages = sorted(run.glob("stage-*-*/"), key=lambda p: int(p.name.split("-")[1]))
     parts = [(p.name.split("-", 2)[2], _stage_log(p)) for p in stages] or [("train", run / "log.jsonl")]
-    steps, values, starts, offset = [], [], [], 0
+    steps, values, losses, starts, offset = [], [], [], [], 0
     for name, log in parts:
         records = [r for r in read_log(log) if key in r]
         starts.append((offset, name))
         steps += [offset + r["step"] for r in records]
         values += [r[key] for r in records]
+        losses += [r.get("loss") for r in records]
         offset += records[-1]["step"] if records else 0
-    return {"steps": steps, "valid": values, "stage_starts": starts if len(parts) > 1 else []}
+    return {"steps": steps, "valid": values, "loss": losses, "stage_starts": starts if len(parts) > 1 else []}
 
 
 def _stage_log(stage: Path) -> Path:

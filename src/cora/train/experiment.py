@@ -304,8 +304,9 @@ def _keep_stages(exp: Experiment) -> None:
             if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
                 continue
             with atomic_dir(kept, overwrite=True) as tmp:
-                for f in STAGE_FILES:
-                    shutil.copyfile(run / f, tmp / f)
+                for f in STAGE_FILES + ("log.jsonl",):  # the log: CoLLM's curve shows its first stage
+                    if (run / f).exists():
+                        shutil.copyfile(run / f, tmp / f)
 
 
 def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
