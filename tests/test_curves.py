@@ -20,8 +20,8 @@ def _log(folder, records, torn: bool = False):
 
 def test_a_plain_run_and_a_torn_last_line(tmp_path):
     _log(tmp_path / "run", [{"step": 50, "valid_auc": 0.55}, {"step": 100, "valid_auc": 0.6}], torn=True)
-    assert run_curve(tmp_path / "run") == {"steps": [50, 100], "valid": [0.55, 0.6], "stage_starts": []}
-    assert run_curve(tmp_path / "nothing-yet") == {"steps": [], "valid": [], "stage_starts": []}
+    assert run_curve(tmp_path / "run") == {"steps": [50, 100], "valid": [0.55, 0.6], "loss": [None, None], "stage_starts": []}
+    assert run_curve(tmp_path / "nothing-yet") == {"steps": [], "valid": [], "loss": [], "stage_starts": []}
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "log.jsonl").write_text('oops\n{"step": 1, "valid_auc": 0.5}\n')
     with pytest.raises(CoraError, match="line 1 is not JSON"):
@@ -36,7 +36,7 @@ def test_stages_join_and_a_reused_stage_reads_its_donor(tmp_path):
     (run / "stage-1-lora" / "train_summary.json").write_text(json.dumps({"reused_from": str(donor)}))
     _log(run / "stage-2-mapping", [{"step": 100, "valid_auc": 0.66}])
     c = run_curve(run)
-    assert c == {"steps": [100, 200, 300], "valid": [0.52, 0.58, 0.66], "stage_starts": [(0, "lora"), (200, "mapping")]}
+    assert c == {"steps": [100, 200, 300], "valid": [0.52, 0.58, 0.66], "loss": [None, None, None], "stage_starts": [(0, "lora"), (200, "mapping")]}
     fig = valid_curves_plot([{"method": "CoLLM", "curve": c}, {"method": "empty", "curve": run_curve(tmp_path / "x")}],
                             tmp_path / "curves.png")
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "CoLLM"]
