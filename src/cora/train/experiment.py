@@ -208,14 +208,11 @@ class Experiment:
         """(seed, run folder) of each training of the row: one unseeded, or one per seed."""
         return [(s, self.seed_dir(row, s)) for s in (row.get("seeds") or [None])]
 
-    def row_settings(self, row: dict) -> dict:
-        """What the row would run with now: its resolved LLMConfig or CFConfig as a dict (a seeded
-        row without its seed). Stored with each finished row, compared before a row is carried."""
+    def row_settings(self, row: dict, seed: int | None = None) -> dict:
+        """What one training of the row (``seed``: of a seeded row) would run with now: its
+        resolved LLMConfig or CFConfig as a dict, compared before a committed training is carried."""
         if "method" in row:
-            d = self.llm_config(row, source=row["name"]).to_dict()
-            if row.get("seeds"):
-                d.pop("seed", None)
-            return d
+            return self.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"]).to_dict()
         spec = dict(self.cf[row["cf"]])
         return CFConfig.for_model(spec.pop("model", row["cf"]), data=self.data, **spec).to_dict()
 
@@ -405,9 +402,7 @@ def _carried_run(exp: Experiment, row: dict, seed: int | None, run: Path, commit
         return None
     entry = dict(committed[key])
     where = exp.results_root / "results.json"
-    now = exp.row_settings(row)
-    if seed is not None:
-        now["seed"] = seed
+    now = exp.row_settings(row, seed)
     if "settings" not in entry:
         console.print(f"[yellow]{where}: '{key}' has no recorded settings: not carried (run it)")
         return None
@@ -447,10 +442,9 @@ def _finished_row(exp: Experiment, row: dict, committed: dict, files: dict) -> t
         for entry, p in zip(r["seeds"], per_seed):  # each seed keeps its own training record
             entry.update({k: p[k] for k in ("steps", "epochs", "train_time_s", "samples_per_s", "stopped",
                                             "carried", "cf_sha256") if k in p})
-        r.pop("seed", None)
     else:
         r = per_seed[0]
-        r.pop("seed", None)
+    r.pop("seed", None)
     r.pop("carried", None)
     r.pop("settings", None)  # kept once, under results.json's "runs"
     if carried:
@@ -587,9 +581,9 @@ def write_results(exp: Experiment) -> dict:
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
     # Valid-AUC curves of every LLM row that has trained at all (a row still training included).
-    training = [{"method": row["name"] + ("" if seed is None else f" seed {seed}"),
+    training = [{"method": run_key(row, seed),
                  "label": row.get("label", row["name"]) + ("" if seed is None else f" (seed {seed})"),
-                 "curve": _curve(path, row["name"] + ("" if seed is None else f" seed {seed}"), committed_curves)}
+                 "curve": _curve(path, run_key(row, seed), committed_curves)}
                 for row in exp.rows if "method" in row for seed, path in exp.seed_runs(row)]
     curves = {r["method"]: r["curve"] for r in training}
     if table := curves_table(curves):
