@@ -159,6 +159,7 @@ def dataset_without_meta(bad, f, t):
     _edit_yaml(bad / "config.yaml", data=str(data))
 
 
+RATINGS = "user,item,rating,timestamp\n1,1,5,978300760\n2,1,3,978300761\n"
 TRAIN = "train --data {data} --cf {cf} --backbone {bb} --max-steps 2 --eval-every 2 --out {t}/out"
 RUN = "{run}"
 PAIRS = "score {run} --pairs {bad} --out {t}/scores.parquet"
@@ -176,6 +177,10 @@ CASES = [
      ["{bad}/meta.json", "expected a JSON object"]),
     ("data-import-cut-zip", text_file("cut.zip", "PK\x03\x04 not really a zip"),
      "data import-collm {bad} --out {t}/out --trust-pickle", ["{bad}", "not a readable zip file"]),
+    ("data-interactions-seed", text_file("r.csv", RATINGS), "data import-interactions {bad} --out {t}/out --seed -3",
+     ["--seed", "-3"]),
+    ("data-interactions-threshold", text_file("r.csv", RATINGS),
+     "data import-interactions {bad} --out {t}/out --positive-threshold nan", ["--positive-threshold", "nan"]),
     ("data-prepare-missing", None, "data prepare movielens --raw {t}/nope.zip --out {t}/out", ["{t}/nope.zip"]),
     # ---- cf
     ("cf-train-cut-parquet", data_copy(lambda d: _cut(d / "train.parquet")), "cf train --data {bad} --out {t}/out",
@@ -251,6 +256,7 @@ CASES = [
     ("report-metrics-list", run_copy(lambda b, f, t: (b / "metrics.json").write_text("[]")), "report {bad}",
      ["{bad}/metrics.json", "JSON object"]),
     ("report-split", None, "report {run} --split nope", ["'nope'"]),
+    ("report-bootstrap-seed", None, "report {run} --bootstrap-seed -1", ["--bootstrap-seed", "-1"]),
     ("report-plot", None, "report {run} --plot pie --out {t}/r.md", ["'pie'"]),
     # ---- experiment
     ("exp-row-field", experiment_file(rows=row(1, lr=-1)), "experiment {bad}", ["{bad}", "rows[1]", "'lr'"]),
@@ -258,6 +264,11 @@ CASES = [
      ["{bad}", "rows[1]", "'batch_size'"]),
     ("exp-row-not-mapping", experiment_file(rows=lambda d: d["rows"].append("MF2")), "experiment {bad}",
      ["{bad}", "rows[2]", "mapping"]),
+    ("exp-seeds", experiment_file(rows=row(1, seeds=[-5, 2])), "experiment {bad}", ["{bad}", "rows[1]", "seeds"]),
+    # CoLLM's zip holds pickles: an experiment that would import one must say it trusts it.
+    ("exp-source-untrusted", experiment_file(
+        source=lambda d: d.update(source=d["out"] + "-collm.zip", data=d["out"] + "-data")),
+     "experiment {bad}", ["collm.zip", "trust_pickle: true"]),
     ("exp-test-limit", experiment_file(test_limit=0), "experiment {bad}", ["{bad}", "'test_limit'"]),
     ("exp-llm-dtype", experiment_file(llm={"dtype": "fp8"}), "experiment {bad}", ["{bad}", "llm", "'dtype'"]),
     ("exp-cf-field", experiment_file(cf={"mf": {"model": "mf", "dim": "big"}}), "experiment {bad}",

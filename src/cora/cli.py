@@ -104,6 +104,8 @@ def data_import_interactions(
     """Import your own interaction log with the ML-1M protocol (histories, ids, not_cold, valid_small)."""
     from cora.data.interactions import import_interactions
 
+    check_options(positive_threshold=positive_threshold, valid_small_frac=valid_small_frac, seed=seed)
+
     meta = import_interactions(interactions, out, items=items, fmt=fmt, user=user, item=item, time=time,
                                rating=rating, positive_threshold=positive_threshold, label=label, title=title,
                                split_dates=split_dates, split_fractions=split_fractions, domain=domain,
@@ -379,6 +381,7 @@ def report_cmd(
     from cora.eval.report import build_report, interval_note, markdown_table, table_cells, table_columns, verdict_table
     from cora.io import atomic_path
 
+    check_options(bootstrap_seed=bootstrap_seed)
     if bad := [name for name in plot or [] if name not in PLOTS]:
         raise CoraError(f"unknown plot '{bad[0]}' (choose from {', '.join(PLOTS)})")
     rows, meta = build_report(runs, predictions, split, reference=reference, resamples=resamples,

@@ -131,7 +131,7 @@ RANGES: dict[str, dict[str, Spec]] = {
         "stage_settings": DICT,
     },
     "Experiment": {
-        "name": STR, "data": STR, "out": STR, "rows": LIST, "budget": STR, "source": OPT_STR,
+        "name": STR, "data": STR, "out": STR, "rows": LIST, "budget": STR, "source": OPT_STR, "trust_pickle": BOOL,
         "test_limit": Int(1, optional=True),
         "test_per_user": Int(2, optional=True),  # UAUC needs both labels of a user
         "llm": DICT, "cf": DICT, "plots": LIST, "cf_root": OPT_STR, "results": OPT_STR, "reference": OPT_STR,
@@ -143,6 +143,8 @@ RANGES: dict[str, dict[str, Spec]] = {
         "batch_size": POSITIVE, "port": Int(0, 65535),  # 0: any free port
         "max_batch": POSITIVE,
         "max_wait_ms": Float(0, 60_000), "queue_size": POSITIVE,
+        "seed": Int(0, SEED_MAX), "bootstrap_seed": Int(0, SEED_MAX),  # numpy's seed range
+        "positive_threshold": Float(), "valid_small_frac": Float(0, 1, lo_open=True),
     },
 }
 
@@ -202,6 +204,8 @@ def _convert(spec: Spec, value: Any) -> Any:
 
 def _within(spec: Spec, v: Any) -> bool:
     if spec.type in (int, float):
+        if v != v:  # NaN: no setting means "not a number", and every comparison with it is False
+            return False
         if spec.lo is not None and (v < spec.lo or (spec.lo_open and v == spec.lo)):
             return False
         return spec.hi is None or not (v > spec.hi or (spec.hi_open and v == spec.hi))

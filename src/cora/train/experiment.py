@@ -12,6 +12,7 @@ Config (YAML)::
     budget: "CPU, 2 cores: about N hours"      # printed in results.md
     data: runs/ml1m                            # dataset folder
     source: ../shared/data/collm-ml-1m.zip     # optional: imported into `data` when absent
+    trust_pickle: true                         # CoLLM's zip holds pickles: the file vouches for its source
     out: runs/experiments/ml1m-table3
     test_limit: 1500                           # whole-user test sample of ~N rows; null = all
     test_per_user: 10                          # at most N rows of each drawn user (default 10; null: whole users)
@@ -66,7 +67,7 @@ from cora.eval.metrics import evaluate_predictions
 from cora.eval.report import (ATTRS, add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions,
                               seeded_row, verdict_table)
 from cora.io import atomic_dir, atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
-from cora.ranges import check_fields
+from cora.ranges import check_fields, check_value
 
 console = Console(stderr=True)
 ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds"}
@@ -80,6 +81,9 @@ class Experiment:
     rows: list[dict]
     budget: str = ""
     source: str | None = None
+    # CoLLM's zip holds pickles, which run code when loaded: as `cora data import-collm
+    # --trust-pickle`, the experiment file must say it trusts the copy `source` names.
+    trust_pickle: bool = False
     test_limit: int | None = None
     # With test_limit: at most N rows of each drawn user (null: whole users). Ignored without one.
     test_per_user: int | None = DEFAULT_PER_USER
@@ -178,6 +182,8 @@ class Experiment:
         if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
                 or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)):
             raise CoraError(f"{where}: seeds must be a list of distinct integers, e.g. [1, 2, 3] (got {seeds!r})")
+        for s in seeds:  # each becomes an LLMConfig seed: refused here, before any row runs
+            check_value("LLMConfig", "seed", s, where, label="seeds")
         if "seed" in row:
             raise CoraError(f"{where}: give seed or seeds, not both")
         for stage, donor in donors.items():
@@ -239,8 +245,11 @@ def _ensure_data(exp: Experiment) -> None:
         raise CoraError(f"{exp.data}: dataset folder not found and no 'source' to import it from")
     from cora.data.collm_import import import_collm
 
+    if not exp.trust_pickle:
+        raise CoraError(f"{exp.source}: CoLLM's files are pickles, which can run code when loaded; add "
+                        "'trust_pickle: true' to the experiment file if you trust this copy")
     console.print(f"[bold]importing[/] {exp.source} -> {exp.data}")
-    import_collm(exp.source, exp.data, trust_pickle=True)  # the experiment file names a trusted copy
+    import_collm(exp.source, exp.data, trust_pickle=True)  # the experiment file said it trusts it
 
 
 def _run_cf(exp: Experiment, key: str) -> Path:
