@@ -6,9 +6,9 @@ can land anywhere: loading, mid-step, mid-validation, mid-write.
 
     python scripts/kill_resume_check.py --data runs/ml1m --cf runs/mf --out runs/kill-check --kills 4 --seed 1
 
-The training options (--backbone, --max-steps, ...) go to `cora train`, the same for both runs; the
-defaults make a ~2-minute run on SmolLM2 on one CPU thread with a validation every 2 steps. Prints one line per kill and
-a verdict; exit status 0 only when the killed run's best weights, last checkpoint, log and summary
+The training options (--backbone, --max-steps, ...) go to `cora train`, the same for both runs;
+the defaults make a ~2-minute run on SmolLM2 on one CPU thread with a validation every 2 steps.
+Prints one line per kill and a verdict; exit status 0 only when the killed run's best weights, last checkpoint, log and summary
 equal the uninterrupted run's (timings aside).
 """
 from __future__ import annotations
@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+# Passed to `cora train` as given: small enough that one run takes minutes on a CPU, with
+# validations (and so checkpoint writes) often enough for the kills to land between them.
+TRAIN_OPTIONS = {"--backbone": "smollm2-135m", "--max-steps": "8", "--batch-size": "2", "--warmup-steps": "2",
+                 "--eval-every": "2", "--limit-valid": "16"}
 # Fields that measure time or memory: the only ones allowed to differ.
 TIMING = {"time_s", "time", "samples_per_s", "wall_time_s", "peak_rss_mb", "elapsed_s", "log_bytes"}
 
@@ -38,9 +42,12 @@ def _train(args: list[str], out: Path, resume: bool) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _untimed(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in path.read_text().splitlines()]
+def _untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def _log(path: Path) -> list[dict]:
+    return [_untimed(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def _differences(a: Path, b: Path) -> list[str]:
@@ -53,10 +60,9 @@ def _differences(a: Path, b: Path) -> list[str]:
             continue
         out += [f"{name}: {k} differs (max |diff| {(x[k] - y[k]).abs().max().item():.3g})"
                 for k in x if not torch.equal(x[k], y[k])]
-    if _untimed(a / "log.jsonl") != _untimed(b / "log.jsonl"):
+    if _log(a / "log.jsonl") != _log(b / "log.jsonl"):
         out.append("log.jsonl differs")
-    sa, sb = ({k: v for k, v in json.loads((r / "train_summary.json").read_text()).items() if k not in TIMING}
-              for r in (a, b))
+    sa, sb = (_untimed(json.loads((r / "train_summary.json").read_text())) for r in (a, b))
     if sa != sb:
         out.append(f"train_summary.json differs: {sorted(k for k in sa if sa.get(k) != sb.get(k))}")
     leftovers = sorted(p.name for p in a.iterdir() if p.name.startswith("."))
@@ -76,15 +82,12 @@ def main() -> int:
     parser.add_argument("--min-s", type=float, default=5.0, help="earliest kill after a start")
     parser.add_argument("--max-s", type=float, default=None,
                         help="latest kill after a start (default: 0.8 x the uninterrupted run's wall time)")
-    # Passed to `cora train` as given: small enough that one run takes minutes on a CPU, with
-    # validations (and so checkpoint writes) often enough for the kills to land between them.
-    for name, default in (("--backbone", "smollm2-135m"), ("--max-steps", "8"), ("--batch-size", "2"),
-                          ("--warmup-steps", "2"), ("--eval-every", "2"), ("--limit-valid", "16")):
-        parser.add_argument(name, default=default, help=f"cora train {name} (default {default})")
+    for flag, default in TRAIN_OPTIONS.items():
+        parser.add_argument(flag, default=default, help=f"cora train {flag} (default {default})")
     args = parser.parse_args()
     common = ["--data", args.data, "--method", args.method, *(["--cf", args.cf] if args.cf else [])]
-    for name in ("backbone", "max_steps", "batch_size", "warmup_steps", "eval_every", "limit_valid"):
-        common += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    for flag in TRAIN_OPTIONS:
+        common += [flag, str(getattr(args, flag[2:].replace("-", "_")))]
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
@@ -110,7 +113,7 @@ def main() -> int:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             log = killed / "log.jsonl"
-            steps = [r["step"] for r in _untimed(log)] if log.exists() else []
+            steps = [r["step"] for r in _log(log)] if log.exists() else []
             print(f"kill {kills + 1}: SIGKILL after {at:.1f} s; validations logged so far at steps {steps}")
             kills += 1
             resume = True

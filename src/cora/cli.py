@@ -104,8 +104,6 @@ def data_import_interactions(
     """Import your own interaction log with the ML-1M protocol (histories, ids, not_cold, valid_small)."""
     from cora.data.interactions import import_interactions
 
-    check_options(positive_threshold=positive_threshold, valid_small_frac=valid_small_frac, seed=seed)
-
     meta = import_interactions(interactions, out, items=items, fmt=fmt, user=user, item=item, time=time,
                                rating=rating, positive_threshold=positive_threshold, label=label, title=title,
                                split_dates=split_dates, split_fractions=split_fractions, domain=domain,

@@ -47,6 +47,7 @@ import pandas as pd
 from cora.data.store import write_dataset
 from cora.errors import CoraError
 from cora.io import atomic_dir, sha256_file
+from cora.ranges import check_flags
 
 FORMATS = ("csv", "tsv", "parquet", "recbole")
 SPLIT_NAMES = ("train", "valid", "test")  # flag 0, 1, 2; -1 = outside the window
@@ -527,7 +528,7 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
     an event log; see the module doc for the protocol. Nothing is written unless all succeeds."""
     interactions, out = Path(interactions), Path(out)
     windows, fracs = _check_options(out, rating, label, positive_threshold, split_dates, split_fractions,
-                                    valid_small_frac, domain, overwrite)
+                                    valid_small_frac, seed, domain, overwrite)
     fmt = infer_format(interactions, fmt)
     items_path = _items_path(interactions, items, fmt)
     src = read_source(interactions, fmt)
@@ -565,7 +566,7 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
                               overwrite=overwrite)
 
 
-def _check_options(out: Path, rating, label, threshold, split_dates, split_fractions, valid_small_frac,
+def _check_options(out: Path, rating, label, threshold, split_dates, split_fractions, valid_small_frac, seed,
                    domain, overwrite) -> tuple[SplitWindows | None, tuple[float, float, float] | None]:
     """Everything that needs no file, checked before minutes of reading."""
     if label is not None and threshold is not None:
@@ -576,8 +577,8 @@ def _check_options(out: Path, rating, label, threshold, split_dates, split_fract
         raise CoraError("pass either --split-dates or --split-fractions, not both")
     if not domain.strip():
         raise CoraError("--domain: give a plural noun for the prompt, e.g. movies, books, items")
-    if not 0 < valid_small_frac <= 1:
-        raise CoraError(f"--valid-small-frac {valid_small_frac}: must be in (0, 1]")
+    # The numbers by the one range table (ranges.RANGES['options']), named as the flags.
+    check_flags("options", {"positive_threshold": threshold, "valid_small_frac": valid_small_frac, "seed": seed})
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise CoraError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)"
                         if out.is_dir() else f"{out}: exists and is not a folder")
