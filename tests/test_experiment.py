@@ -346,7 +346,14 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
     assert res.returncode == 1 and "no metrics for split 'valid-limit5'" in res.stderr
 
 
-@pytest.mark.parametrize("name", ["ml1m-table3", "ml1m-table3-gpu", "ml1m-modules", "ml1m-ablations"])
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+def test_every_shipped_experiment_file_is_checked():
+    assert {"ml1m-table3", "ml1m-cpu", "ml1m-curves", "ml1m-probe"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_experiment_files_validate_and_state_a_budget(name):
     exp = Experiment.load(Path(__file__).parents[1] / "experiments" / f"{name}.yaml")
     assert exp.budget, "every shipped experiment prints its budget into results.md"
