@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cora.config import CFConfig
 from cora.errors import CoraError
 from cora.eval.plots import bar_count, modules_plot, text_vs_id_plot, warm_cold_plot
 from cora.train.experiment import Experiment, run_experiment
@@ -255,6 +256,39 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     assert row["method"] == "CoLLM-MF" and row["carried"] == [1] and [s["seed"] for s in row["seeds"]] == [1, 2]
 
 
+def test_a_kept_cf_run_is_restored_on_a_machine_without_it_not_trained_again(tmp_path):
+    """keep_cf: the finished CF run goes to cf_store (a repository folder); a machine without the run
+    folder restores it, so rows there score with the same weights; a kept run of other settings is
+    neither restored nor overwritten."""
+    import shutil
+
+    from cora.io import sha256_file
+
+    store = tmp_path / "weights"
+    d = tiny_experiment(tmp_path, keep_cf=["mf"], cf_store=str(store), rows=[{"name": "MF", "cf": "mf"}])
+    cfg = write_yaml(tmp_path / "e.yaml", d)
+    first = run_experiment(Experiment.load(cfg))
+    kept = store / "cf-mf"
+    assert {"config.yaml", "model.safetensors", "metrics.json", "log.jsonl"} <= {f.name for f in kept.iterdir()}
+    assert not (kept / "checkpoint").exists()
+    sha = sha256_file(kept / "model.safetensors")
+    assert sha == sha256_file(tmp_path / "exp" / "cf-mf" / "model.safetensors")
+    log_before = (kept / "log.jsonl").read_text()
+
+    shutil.rmtree(tmp_path / "exp")  # the next machine: the store only
+    again = run_experiment(Experiment.load(cfg))
+    run = tmp_path / "exp" / "cf-mf"
+    assert sha256_file(run / "model.safetensors") == sha and (run / "log.jsonl").read_text() == log_before
+    assert again["rows"][0]["auc"] == first["rows"][0]["auc"]
+
+    # Other settings: trained anew (another model), and the kept run stays the one it was.
+    shutil.rmtree(tmp_path / "exp")
+    d["cf"]["mf"]["dim"] = 6
+    run_experiment(Experiment.load(write_yaml(tmp_path / "e.yaml", d)))
+    assert sha256_file(run / "model.safetensors") != sha and sha256_file(kept / "model.safetensors") == sha
+    assert CFConfig.load(kept / "config.yaml").dim == 8
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(colour="red"), "unknown field(s) colour"),
     (lambda d: d.pop("rows"), "missing field 'rows'"),
@@ -270,6 +304,9 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     (lambda d: d["rows"].append({"name": "C", "method": "collm", "cf": "mf", "stage_from": "ICL"}),
      "stage_from must map a stage to an earlier row"),
     (lambda d: d.update(reference="TALLRec"), "reference 'TALLRec' is not a row name"),
+    (lambda d: d.update(keep_cf=["sasrec"], cf_store="w"), "keep_cf: 'sasrec' is not defined under 'cf'"),
+    (lambda d: d.update(keep_cf=["mf"]), "keep_cf needs cf_store"),
+    (lambda d: d.update(keep_cf="mf", cf_store="w"), "keep_cf"),
     (lambda d: d["rows"][0].update(seeds=[1, 2]), "rows[0]: seeds are for LLM rows"),
     (lambda d: d["rows"][1].update(seeds=[1, 1]), "seeds must be a list of distinct integers"),
     (lambda d: d["rows"][1].update(seeds=3), "seeds must be a list of distinct integers"),

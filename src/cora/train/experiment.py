@@ -18,6 +18,8 @@ Config (YAML)::
     test_per_user: 10                          # at most N rows of each drawn user (default 10; null: whole users)
     llm: {backbone: smollm2-135m, max_steps: 600, ...}   # LLMConfig fields for every LLM row
     cf: {mf: {model: mf}, sasrec: {model: sasrec}}     # CF runs by key (CFConfig fields)
+    keep_cf: [sasrec]                          # optional: finished CF runs kept in the repository
+    cf_store: results/cf-weights               #   here, and restored on a machine without them
     plots: [warm_cold, text_vs_id, modules]
     reference: CoRA-MF                         # optional: differences are to this row (default:
                                                # the first CoRA row, else the first row)
@@ -93,6 +95,11 @@ class Experiment:
     # Where the CF runs live (default: `out`). Experiments on the same data may share them, so a
     # SASRec that takes hours to pretrain is trained once for all of them.
     cf_root: str | None = None
+    # Finished CF runs to keep in the repository (keys of `cf`) and where (`cf_store`, e.g.
+    # results/cf-weights): a machine without the run folder restores the kept copy instead of
+    # training again, so every machine scores with the same weights (SASRec: hours, a few MB).
+    keep_cf: list[str] = field(default_factory=list)
+    cf_store: str | None = None
     # Where results.md / results.json / plots / predictions/ go (default: `out`): a folder in the
     # repository (results/NAME) can be committed with the predictions its table came from,
     # while the run folders (checkpoints, logs) stay in `out`.
@@ -160,6 +167,11 @@ class Experiment:
                     raise CoraError(f"{where}: stage_from {stage}: '{donor}' must be an LLM row listed before "
                                     f"'{row['name']}'")
             self._check_seeds(row, where)
+        if unknown := [k for k in self.keep_cf if k not in self.cf]:
+            raise CoraError(f"{source}: keep_cf: '{unknown[0]}' is not defined under 'cf' (have: {', '.join(self.cf)})")
+        if self.keep_cf and not self.cf_store:
+            raise CoraError(f"{source}: keep_cf needs cf_store, the folder the kept CF runs go to "
+                            "(e.g. cf_store: results/cf-weights)")
         if self.reference is not None and self.reference not in names:
             raise CoraError(f"{source}: reference '{self.reference}' is not a row name (rows: {', '.join(names)})")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
@@ -258,10 +270,54 @@ def _run_cf(exp: Experiment, key: str) -> Path:
     out = exp.cf_dir(key)
     spec = dict(exp.cf[key])
     cfg = CFConfig.for_model(spec.pop("model", key), data=exp.data, **spec)
+    kept = Path(exp.cf_store) / out.name if key in exp.keep_cf else None
+    if kept is not None and not (out.exists() and any(out.iterdir())):
+        _restore_cf(cfg, kept, out)
     train_cf(cfg, out, resume=True)
     if exp.key not in read_json(out / "metrics.json"):
         evaluate_cf_run(out, "test", exp.test_limit, exp.per_user)
+    if kept is not None:
+        _keep_cf(cfg, out, kept)
     return out
+
+
+CF_KEPT_NEEDS = ("config.yaml", "model.safetensors", "metrics.json")
+
+
+def _kept_cf_differs(cfg: CFConfig, kept: Path) -> list[str]:
+    return cfg.differing_fields(CFConfig.load(kept / "config.yaml"), ignore={"epochs", "patience"})
+
+
+def _restore_cf(cfg: CFConfig, kept: Path, out: Path) -> None:
+    """A CF run kept in the repository by another machine becomes this machine's run folder
+    (train_cf then finds it finished), unless it was trained with other settings."""
+    if not all((kept / f).exists() for f in CF_KEPT_NEEDS):
+        return
+    if diff := _kept_cf_differs(cfg, kept):
+        console.print(f"[yellow]{kept}: kept with other settings ({', '.join(diff)}); training {out} anew")
+        return
+    console.print(f"{out}: restored from {kept}")
+    _copy_files(kept, out, [f.name for f in kept.iterdir() if f.is_file()])
+
+
+def _keep_cf(cfg: CFConfig, out: Path, kept: Path) -> None:
+    """Copy the finished CF run (weights, config, metrics, log, predictions) to ``kept``; a kept
+    run of other settings is left alone (the rows computed from it name its weights' sha256)."""
+    if kept.exists() and all((kept / f).exists() for f in CF_KEPT_NEEDS) and (diff := _kept_cf_differs(cfg, kept)):
+        console.print(f"[yellow]{out}: not kept: {kept} holds a run of other settings ({', '.join(diff)})")
+        return
+    _copy_files(out, kept, [f.name for f in out.iterdir() if f.is_file()])
+
+
+def _copy_files(src: Path, dst: Path, names: list[str]) -> None:
+    """Replace ``dst`` with a folder holding ``names`` from ``src``, in one atomic swap; nothing
+    is written when ``dst`` holds exactly those files already."""
+    if dst.exists() and sorted(f.name for f in dst.iterdir()) == sorted(names) and all(
+            (dst / f).read_bytes() == (src / f).read_bytes() for f in names):
+        return
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for f in names:
+            shutil.copyfile(src / f, tmp / f)
 
 
 def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
@@ -309,10 +365,8 @@ def _keep_stages(exp: Experiment) -> None:
                 continue
             if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
                 continue
-            with atomic_dir(kept, overwrite=True) as tmp:
-                for f in STAGE_FILES + ("log.jsonl",):  # the log: CoLLM's curve shows its first stage
-                    if (run / f).exists():
-                        shutil.copyfile(run / f, tmp / f)
+            # The log too: CoLLM's curve shows its first stage.
+            _copy_files(run, kept, [f for f in STAGE_FILES + ("log.jsonl",) if (run / f).exists()])
 
 
 def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
