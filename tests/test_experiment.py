@@ -306,7 +306,7 @@ def test_a_kept_cf_run_is_restored_on_a_machine_without_it_not_trained_again(tmp
     (lambda d: d.update(reference="TALLRec"), "reference 'TALLRec' is not a row name"),
     (lambda d: d.update(keep_cf=["sasrec"], cf_store="w"), "keep_cf: 'sasrec' is not defined under 'cf'"),
     (lambda d: d.update(keep_cf=["mf"]), "keep_cf needs cf_store"),
-    (lambda d: d.update(keep_cf="mf", cf_store="w"), "keep_cf"),
+    (lambda d: d.update(keep_cf="mf", cf_store="w"), "field 'keep_cf' = 'mf': must be a list"),
     (lambda d: d["rows"][0].update(seeds=[1, 2]), "rows[0]: seeds are for LLM rows"),
     (lambda d: d["rows"][1].update(seeds=[1, 1]), "seeds must be a list of distinct integers"),
     (lambda d: d["rows"][1].update(seeds=3), "seeds must be a list of distinct integers"),

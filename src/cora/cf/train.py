@@ -73,11 +73,16 @@ def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: t
                                    "elapsed_s": elapsed_s, "log_bytes": log_bytes})
 
 
+def differing_settings(cfg: CFConfig, run: Path) -> list[str]:
+    """The settings of ``cfg`` that differ from those the run folder ``run`` was trained with,
+    minus the ones that may be raised to continue a run (epochs, patience)."""
+    return cfg.differing_fields(CFConfig.load(run / "config.yaml"), ignore={"epochs", "patience"})
+
+
 def _check_same_settings(cfg: CFConfig, out: Path) -> None:
     """Resuming (or reusing a finished run) with other settings would mix two models in one folder."""
-    saved = CFConfig.load(out / "config.yaml")
-    keep_free = {"epochs", "patience"}  # may be raised to continue a run
-    if diff := cfg.differing_fields(saved, ignore=keep_free):
+    if diff := differing_settings(cfg, out):
+        saved = CFConfig.load(out / "config.yaml")
         raise CoraError(f"{out}: the run there used other settings for {', '.join(diff)} "
                         f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)}); use another --out or the same settings")
 

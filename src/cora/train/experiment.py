@@ -284,16 +284,14 @@ def _run_cf(exp: Experiment, key: str) -> Path:
 CF_KEPT_NEEDS = ("config.yaml", "model.safetensors", "metrics.json")
 
 
-def _kept_cf_differs(cfg: CFConfig, kept: Path) -> list[str]:
-    return cfg.differing_fields(CFConfig.load(kept / "config.yaml"), ignore={"epochs", "patience"})
-
-
 def _restore_cf(cfg: CFConfig, kept: Path, out: Path) -> None:
     """A CF run kept in the repository by another machine becomes this machine's run folder
     (train_cf then finds it finished), unless it was trained with other settings."""
+    from cora.cf.train import differing_settings
+
     if not all((kept / f).exists() for f in CF_KEPT_NEEDS):
         return
-    if diff := _kept_cf_differs(cfg, kept):
+    if diff := differing_settings(cfg, kept):
         console.print(f"[yellow]{kept}: kept with other settings ({', '.join(diff)}); training {out} anew")
         return
     console.print(f"{out}: restored from {kept}")
@@ -303,7 +301,9 @@ def _restore_cf(cfg: CFConfig, kept: Path, out: Path) -> None:
 def _keep_cf(cfg: CFConfig, out: Path, kept: Path) -> None:
     """Copy the finished CF run (weights, config, metrics, log, predictions) to ``kept``; a kept
     run of other settings is left alone (the rows computed from it name its weights' sha256)."""
-    if kept.exists() and all((kept / f).exists() for f in CF_KEPT_NEEDS) and (diff := _kept_cf_differs(cfg, kept)):
+    from cora.cf.train import differing_settings
+
+    if kept.exists() and all((kept / f).exists() for f in CF_KEPT_NEEDS) and (diff := differing_settings(cfg, kept)):
         console.print(f"[yellow]{out}: not kept: {kept} holds a run of other settings ({', '.join(diff)})")
         return
     _copy_files(out, kept, [f.name for f in out.iterdir() if f.is_file()])
