@@ -58,3 +58,16 @@ def test_curves_table_lines_up_steps_and_names_the_best():
     head = curves_table(long, max_columns=6).splitlines()[0]
     assert head == "| row | 10 | 70 | 130 | 180 | 240 | 300 | best (step) |"  # first, last, evenly between
     assert curves_table({"C": curves["C"]}) == ""
+
+
+def test_curves_of_one_method_share_a_colour_and_no_two_rows_share_colour_and_style(tmp_path):
+    from matplotlib.colors import to_hex
+
+    c = {"steps": [50, 100], "valid": [0.6, 0.7]}
+    labels = ["CoRA-MF reference", "CoRA-MF old", "CoRA-SAS reference"] + [f"M{k}" for k in range(10)]
+    fig = valid_curves_plot([{"method": lab, "curve": c} for lab in labels], tmp_path / "c.png")
+    drawn = {ln.get_label(): (to_hex(ln.get_color()), str(ln.get_linestyle()))
+             for ln in fig.axes[0].get_lines() if ln.get_label() in labels}
+    assert len(drawn) == 13 and len(set(drawn.values())) == 13  # 12 methods: more than one cycle of 10
+    assert drawn["CoRA-MF reference"][0] == drawn["CoRA-MF old"][0] != drawn["CoRA-SAS reference"][0]
+    assert drawn["CoRA-MF reference"][1] != drawn["CoRA-MF old"][1]

@@ -101,16 +101,35 @@ def modules_plot(rows: list[dict], path: str | Path, title: str = "Adapted modul
     return fig
 
 
+_VARIANT_STYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)))
+
+
+def _line_styles(labels: list[str]) -> list[tuple]:
+    """(colour, line style) per curve: one colour per method (a label's first word, so
+    "CoRA-MF reference" and "CoRA-MF old" share it) and one line style per variant of it, so a
+    plot of more than ten rows never repeats a (colour, style) pair the way one colour cycle would."""
+    families = list(dict.fromkeys(label.split()[0] if label.split() else label for label in labels))
+    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        fam = label.split()[0] if label.split() else label
+        k = seen[fam] = seen.get(fam, -1) + 1
+        out.append((cmap(families.index(fam) % cmap.N), _VARIANT_STYLES[k % len(_VARIANT_STYLES)]))
+    return out
+
+
 def valid_curves_plot(rows: list[dict], path: str | Path, title: str = "Validation AUC vs training step"):
     """One line per row with a ``curve`` (:func:`cora.eval.curves.run_curve`): valid AUC at every
     validation, stage boundaries of staged methods dotted. Rows still training are drawn too."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in rows:
-        c = r.get("curve") or {}
-        if c.get("steps"):
-            (line,) = ax.plot(c["steps"], c["valid"], marker="o", ms=3, lw=1.2, label=r.get("label", r["method"]))
-            for step, _ in c.get("stage_starts", [])[1:]:
-                ax.axvline(step, color=line.get_color(), lw=0.6, ls=":")
+    drawn = [r for r in rows if (r.get("curve") or {}).get("steps")]
+    for r, (color, style) in zip(drawn, _line_styles([r.get("label", r["method"]) for r in drawn])):
+        c = r["curve"]
+        ax.plot(c["steps"], c["valid"], color=color, ls=style, marker="o", ms=3, lw=1.2,
+                label=r.get("label", r["method"]))
+        for step, _ in c.get("stage_starts", [])[1:]:
+            ax.axvline(step, color=color, lw=0.6, ls=":")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("valid AUC")
