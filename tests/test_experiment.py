@@ -432,3 +432,50 @@ def test_results_can_go_to_their_own_folder(tmp_path):
     assert {"results.md", "results.json", "predictions"} <= {p.name for p in published.iterdir()}
     assert sorted(p.name for p in (published / "predictions").iterdir()) == ["ICL.parquet", "MF.parquet"]
     assert not (tmp_path / "exp" / "results.md").exists() and (tmp_path / "exp" / "cf-mf").is_dir()
+
+
+def test_parallel_jobs_plan_dependencies_and_match_the_sequential_run(tmp_path):
+    """--jobs N: every training a task (CF models, each seed), started after its CF model and its
+    stage donor; the results equal a sequential run's bit for bit (same run folders, same code)."""
+    from cora.train.parallel import parse_task, plan
+
+    d = tiny_experiment(tmp_path, plots=[], reference="MF")
+    d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "TALLRec", "method": "tallrec"},
+                 {"name": "CoLLM-MF", "method": "collm", "cf": "mf", "seeds": [1, 2], "stage_from": {"lora": "TALLRec"}},
+                 {"name": "CoRA-MF", "method": "cora", "cf": "mf"}]
+    exp = Experiment.load(write_yaml(tmp_path / "e.yaml", d))
+    tasks = {t.name: t.needs for t in plan(exp)}
+    assert list(tasks) == ["cf:mf", "TALLRec", "CoLLM-MF#1", "CoLLM-MF#2", "CoRA-MF"]
+    assert tasks["CoLLM-MF#2"] == ["cf:mf", "TALLRec"] and tasks["CoRA-MF"] == ["cf:mf"] and tasks["TALLRec"] == []
+    # --only a consumer still plans its donor and CF model first.
+    assert [t.name for t in plan(exp, ["CoLLM-MF"])] == ["cf:mf", "TALLRec", "CoLLM-MF#1", "CoLLM-MF#2"]
+    with pytest.raises(CoraError, match="row 'CoLLM-MF' has no seed 7"):
+        parse_task(exp, "CoLLM-MF#7")
+    with pytest.raises(CoraError, match="is seeded; name one seed"):
+        parse_task(exp, "CoLLM-MF")
+
+    seq = run_experiment(exp)
+    par_yaml = write_yaml(tmp_path / "p.yaml", {**d, "out": str(tmp_path / "par")})
+    res = run_cli("experiment", par_yaml, "--jobs", "3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    par = json.loads((tmp_path / "par" / "results.json").read_text())
+    assert par["missing"] == []
+    for a, b in zip(seq["rows"], par["rows"]):
+        assert (a["method"], a["auc"], a["uauc"]) == (b["method"], b["auc"], b["uauc"])
+    summary = json.loads((tmp_path / "par" / "collm-mf-seed2" / "train_summary.json").read_text())
+    assert summary["stages"]["lora"]["reused_from"] == str(tmp_path / "par" / "tallrec")
+    assert (tmp_path / "par" / "logs" / "CoLLM-MF-seed2.log").exists()
+    assert "| cpu x" in (tmp_path / "par" / "results.md").read_text()  # where each row trained
+
+
+def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
+    d = tiny_experiment(tmp_path, plots=[], rows=[{"name": "ICL", "method": "icl"},
+                                                   {"name": "TALLRec", "method": "tallrec"}])
+    d["llm"] = {**d["llm"], "max_steps": 100_000, "eval_every": 20, "patience": 100_000}
+    cfg = write_yaml(tmp_path / "e.yaml", d)
+    res = run_cli("experiment", cfg, "--jobs", "2", "--deadline-min", "0.5")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "TALLRec: stopped" in res.stdout and "not finished" in res.stdout and "ICL: done" in res.stdout
+    assert (tmp_path / "exp" / "tallrec" / "checkpoint").exists()  # resumable
+    res = run_cli("experiment", cfg, "--deadline-min", "1")
+    assert res.returncode == 1 and "--deadline-min needs --jobs" in res.stdout + res.stderr

@@ -337,6 +337,19 @@ def experiment_cmd(
     config: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the row(s) with this name."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild results.md and plots from finished rows."),
+    device: Optional[str] = typer.Option(None, "--device", help="Train and score the LLM rows here (cpu, cuda, "
+                                         "cuda:N, auto) instead of the file's llm.device. Where a row ran is "
+                                         "recorded, not compared: rows of one table may come from several devices."),
+    tf32: bool = typer.Option(False, "--tf32", help="With a CUDA --device: fp32 matrix products on TF32 tensor "
+                              "cores (recorded in each run's config.yaml and the table)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Run this many trainings at once, each in its own process "
+                             "(a training starts when its CF model and stage donor have finished; logs in "
+                             "<out>/logs/). On one GPU several small-model trainings fill each other's gaps."),
+    deadline_min: Optional[float] = typer.Option(None, "--deadline-min", min=0.1, help="With --jobs: stop the "
+                                                 "trainings still running after this many minutes (they resume "
+                                                 "from their last checkpoint next time), then write the results."),
+    task: Optional[str] = typer.Option(None, "--task", hidden=True, help="One training only (a --jobs worker): "
+                                       "'cf:KEY', 'ROW' or 'ROW#SEED'; writes no results."),
 ) -> None:
     """Run every row of an experiment (resuming finished and interrupted rows), then write
     results.md, results.json (every AUC / UAUC with a 95 % user-bootstrap interval, each row's
@@ -345,6 +358,23 @@ def experiment_cmd(
     from cora.train.experiment import Experiment, run_experiment, write_results
 
     exp = Experiment.load(config)
+    exp.place(device, tf32)
+    if task is not None:
+        from cora.train.parallel import run_task
+
+        run_task(exp, task)
+        return
+    if jobs > 1 and not report_only:
+        from cora.train.experiment import _ensure_data
+        from cora.train.parallel import run_parallel
+
+        _ensure_data(exp)  # once, before the workers start
+        placement = (["--device", device] if device else []) + (["--tf32"] if tf32 else [])
+        states = run_parallel(exp, config, jobs, only, deadline_min * 60 if deadline_min else None, placement)
+        console.print("  ".join(f"{name}: {state}" for name, state in states.items()))
+        report_only = True
+    elif deadline_min is not None:
+        raise CoraError("--deadline-min needs --jobs N (N > 1)")
     results = write_results(exp) if report_only else run_experiment(exp, only)
     console.print((exp.results_root / "results.md").read_text())
     if results["missing"]:

@@ -98,6 +98,10 @@ class LLMConfig(_YamlConfig):
     backbone: str = "smollm2-135m"
     dtype: str = "fp32"
     device: str = "cpu"
+    # CUDA only: fp32 matrix products on TF32 tensor cores (10-bit mantissa inputs, fp32 sums and
+    # weights), ~4-8x faster on an Ampere/Hopper GPU than true fp32, far closer to it than bf16.
+    # Off by default (torch's default); recorded in config.yaml. Ignored on a CPU.
+    tf32: bool = False
     # prompt
     max_titles: int = 10
     no_titles: bool = False  # ID-only ablation: no history titles in the prompt
@@ -196,6 +200,10 @@ class LLMConfig(_YamlConfig):
         big = d_model >= 2048
         return (self.gen_layers or (8 if big else 2), self.gen_ffn or (3072 if big else 1024))
 
+
+# Where a run computes, not what it computes: a run may resume, and an experiment may carry a
+# committed training, on another device or matmul precision (the row's table records which it had).
+PLACEMENT_FIELDS = frozenset({"device", "tf32"})
 
 # Settings of every new run that differ from what an older config.yaml without the field means:
 # a limited validation sample keeps at most 10 rows of each drawn user (DEFAULT_PER_USER).

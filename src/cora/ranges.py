@@ -110,7 +110,7 @@ RANGES: dict[str, dict[str, Spec]] = {
     "LLMConfig": {
         **_SHARED,
         "method": Choice(*METHODS), "cf": OPT_STR, "backbone": STR, "dtype": Choice(*DTYPES),
-        "device": Spec(str, pattern=r"cpu|auto|cuda(:\d+)?", shown="one of cpu, cuda, cuda:N, auto"),
+        "device": Spec(str, pattern=r"cpu|auto|cuda(:\d+)?", shown="one of cpu, cuda, cuda:N, auto"), "tf32": BOOL,
         "max_titles": Int(0), "no_titles": BOOL, "max_length": Int(2, optional=True),  # BOS + one token
         "calibrate_logit": BOOL,
         "modules": Spec(str, letters=MODULE_LETTERS), "rank": POSITIVE, "alpha": Float(0, lo_open=True),

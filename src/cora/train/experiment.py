@@ -59,7 +59,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cora.config import CFConfig, LLMConfig
+from cora.config import PLACEMENT_FIELDS, CFConfig, LLMConfig
 from cora.data.sampling import DEFAULT_PER_USER, split_key
 from cora.errors import CoraError
 from cora.eval.curves import curves_table, run_curve
@@ -131,6 +131,17 @@ class Experiment:
         exp = cls(**d)
         exp.validate(path)
         return exp
+
+    def place(self, device: str | None = None, tf32: bool = False) -> None:
+        """Run the LLM rows on ``device`` (and with TF32 matmuls) instead of what the file says:
+        placement fields are recorded in each run's config.yaml but never compared (PLACEMENT_FIELDS)."""
+        placed = {}
+        if device is not None:
+            placed["device"] = device
+        if tf32:
+            placed["tf32"] = True
+        if placed:
+            self.llm = {**self.llm, **check_fields("LLMConfig", placed, "--device / --tf32")}
 
     def validate(self, source: Path) -> None:
         # Types and ranges of the top-level fields first (cora.ranges), so what follows may use them.
@@ -404,8 +415,11 @@ def _train_info(run: Path) -> dict:
     summary = run / "train_summary.json"
     if summary.exists():
         s = read_json(summary)
+        # A staged run's own summary has no hardware: its last stage's has.
+        hw = s.get("hardware") or next((st.get("hardware") for st in reversed(list((s.get("stages") or {}).values()))
+                                        if st.get("hardware") and not st.get("reused_from")), None)
         return {"steps": s.get("steps"), "train_time_s": s.get("wall_time_s"), "samples_per_s": s.get("samples_per_s"),
-                "stopped": _stopped(s)}
+                "stopped": _stopped(s), **({"hardware": hw} if hw else {})}
     metrics = read_json(run / "metrics.json").get("train", {})
     return {"epochs": metrics.get("epochs_run"), "train_time_s": metrics.get("wall_time_s")}
 
@@ -438,6 +452,9 @@ def _local_run(exp: Experiment, row: dict, seed: int | None, run: Path) -> dict 
     entry.update(_train_info(run), seed=seed)
     # What it actually ran with (its config.yaml), so that another machine can carry it.
     entry["settings"] = read_yaml_mapping(run / "config.yaml", "run config")
+    if "hardware" not in entry:  # a run from before summaries recorded it: the device it asked for
+        s = entry["settings"]
+        entry["hardware"] = s.get("device", "cpu") + (" tf32" if s.get("tf32") else "") if "method" in row else "cpu"
     # The CF weights it read (or is): a CF run trained again elsewhere may differ.
     weights = exp.cf_dir(row["cf"]) / "model.safetensors" if row.get("cf") else None
     if weights is not None and weights.exists():
@@ -452,7 +469,7 @@ def _settings_diff(saved: dict, now: dict) -> list[str]:
     def canon(v):  # as results.json stores it (tuples become lists, keys strings)
         return json.dumps(v, sort_keys=True, default=str)
 
-    return [k for k in now if k in saved and canon(saved[k]) != canon(now[k])]
+    return [k for k in now if k in saved and k not in PLACEMENT_FIELDS and canon(saved[k]) != canon(now[k])]
 
 
 def _carried_run(exp: Experiment, row: dict, seed: int | None, run: Path, committed: dict, files: dict) -> dict | None:
@@ -504,7 +521,7 @@ def _finished_row(exp: Experiment, row: dict, committed: dict, files: dict) -> t
         r["train_time_s"] = sum(p.get("train_time_s") or 0 for p in per_seed)  # all its seeds
         for entry, p in zip(r["seeds"], per_seed):  # each seed keeps its own training record
             entry.update({k: p[k] for k in ("steps", "epochs", "train_time_s", "samples_per_s", "stopped",
-                                            "carried", "cf_sha256") if k in p})
+                                            "carried", "cf_sha256", "hardware") if k in p})
     else:
         r = per_seed[0]
     r.pop("seed", None)
@@ -624,7 +641,8 @@ def write_results(exp: Experiment) -> dict:
     lines.append(markdown_table(done, exp.key, meta) if done else "_no finished rows yet_\n")
     if verdicts := verdict_table(done, meta):
         lines += ["", verdicts]
-    lines += ["", "| method | training | stopped by (best step) | samples/s | time (s) |", "|---|---|---|---:|---:|"]
+    lines += ["", "| method | training | stopped by (best step) | samples/s | time (s) | trained on |",
+              "|---|---|---|---:|---:|---|"]
     for r in done:
         what = f"{r['steps']} steps" if r.get("steps") is not None else f"{r.get('epochs')} epochs"
         if "seeds" in r:
@@ -634,7 +652,8 @@ def write_results(exp: Experiment) -> dict:
         runs = r["seeds"] if "seeds" in r else [r]
         stopped = " / ".join(s.get("stopped") or "-" for s in runs)  # one per seed
         rate = " / ".join(f"{s['samples_per_s']:.2f}" if s.get("samples_per_s") else "-" for s in runs)
-        lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} |")
+        where = " / ".join(sorted({s.get("hardware") or "cpu" for s in runs}))  # runs before it was recorded: cpu
+        lines.append(f"| {r['method']} | {what} | {stopped} | {rate} | {r.get('train_time_s') or 0:.0f} | {where} |")
     if notes := _cf_weight_notes(exp, done):
         lines += [""] + notes
     if carried := [r["method"] + ("" if r["carried"] is True else f" (seeds {', '.join(map(str, r['carried']))})")

@@ -32,11 +32,28 @@ from cora.train.sampling import EpochBatches
 from cora.train.schedule import warmup_cosine
 
 
+def hardware(device: torch.device, cfg: LLMConfig) -> str:
+    """Where a run computed, for its summary and the experiment table: the GPU's name (with its
+    fp32 matmul mode and dtype) or 'cpu' with its thread count; samples/s means nothing without it."""
+    if device.type == "cuda":
+        mode = "tf32" if cfg.tf32 and cfg.dtype == "fp32" else cfg.dtype
+        return f"{torch.cuda.get_device_name(device)} {mode}"
+    return f"cpu x{torch.get_num_threads()} {cfg.dtype}"
+
+
 def make_accelerator(cfg: LLMConfig) -> Accelerator:
     # The frozen backbone already holds the compute dtype (bf16 weights run bf16 matmuls), and
     # trainable tensors stay fp32; fp16 on a GPU additionally needs accelerate's loss scaling.
     cuda = cfg.device in ("cuda", "auto") and torch.cuda.is_available()
     mixed = "fp16" if cfg.dtype == "fp16" and cuda else "no"
+    # accelerate keeps one device per process (a shared state): a CPU run followed by a CUDA run
+    # in one Python process (a notebook, a test) would put the second run's batches on the CPU
+    # beside a model on the GPU. Outside a distributed launch, start the state afresh.
+    from accelerate.state import AcceleratorState, PartialState
+
+    have = PartialState._shared_state.get("device")
+    if have is not None and (have.type == "cuda") != cuda and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
 
@@ -252,7 +269,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "hardware": hardware(acc.device, cfg)}
     if acc.is_main_process:
         write_json(summary_path, summary)
         if not keep_checkpoint:

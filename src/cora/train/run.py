@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from cora.cf.train import check_cf_dataset, load_cf_run
-from cora.config import LLMConfig
+from cora.config import PLACEMENT_FIELDS, LLMConfig
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import evaluate_predictions
@@ -30,7 +30,7 @@ from cora.io import read_json, read_yaml_mapping, removed_on_failure, write_json
 from cora.llm.backbone import load_backbone
 from cora.methods import LLMMethod, method_class
 from cora.train.checkpoint import load_tensors, save_tensors
-from cora.train.loop import fit, make_accelerator, predict
+from cora.train.loop import fit, hardware, make_accelerator, predict
 from cora.data.sampling import sample_rows, sample_users, split_key
 
 
@@ -44,6 +44,9 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
             raise CoraError(f"method '{cfg.method}' needs a CF run: pass --cf RUN (train one with 'cora cf train')")
         cf_model, cf_cfg, cf_ds = load_cf_run(cfg.cf)
         check_cf_dataset(cfg.cf, cf_ds, ds)
+    # Process-wide in torch; set from the run's config so that a run says which precision it had.
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
     backbone = backbone or load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
@@ -58,7 +61,8 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
     if saved.exists():
         if not resume:
             raise CoraError(f"{out}: a run is already there (pass --resume to continue it, or choose another --out)")
-        keep_free = {"max_steps", "patience", "eval_every"}  # may be raised to continue a run
+        # may be raised to continue a run; or continued on another device
+        keep_free = {"max_steps", "patience", "eval_every"} | PLACEMENT_FIELDS
         if diff := cfg.differing_fields(LLMConfig.load(saved), ignore=keep_free):
             raise CoraError(f"{out}: the existing run used other settings for {', '.join(diff)}; "
                             "use another --out or the same settings")
@@ -106,7 +110,8 @@ def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool
         _start_run(cfg, out, resume)
     acc.wait_for_everyone()
     if not any(p.requires_grad for p in method.parameters()):
-        summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0}
+        summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0,
+                   "hardware": hardware(acc.device, cfg)}  # where it will score
         write_json(out / "train_summary.json", summary)
         return summary
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
@@ -156,7 +161,7 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
 
 # Settings that do not touch a text-only LoRA stage (CoLLM's / BinLLM's first stage is TALLRec):
 # which method, its CF run, its own parts (CoRA's generator, CoLLM's MLP, BinLLM's codes, soft prompts).
-_NOT_STAGE_SETTINGS = {"method", "cf", "device", "eval_batch_size", "extra", "modules", "rank", "alpha",
+_NOT_STAGE_SETTINGS = {*PLACEMENT_FIELDS, "method", "cf", "eval_batch_size", "extra", "modules", "rank", "alpha",
                        "gen_queries", "gen_layers", "gen_heads", "gen_ffn", "gen_dropout", "collm_mlp_hidden",
                        "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora",
                        "soft_prompt", "input_norm", "stage_settings",

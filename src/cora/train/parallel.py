@@ -1,0 +1,190 @@
+"""``cora experiment --jobs N``: an experiment's trainings in N worker processes at once.
+
+Each training (a CF model, one seed of an LLM row) is one task, run by a child process
+(``cora experiment CONFIG --task NAME``) exactly as the sequential loop would run it, into the
+same run folder, so a parallel run and a sequential one resume each other. A task starts once
+the tasks it reads have finished: its CF model, and the donor of a stage it takes (CoLLM's and
+BinLLM's first stage is TALLRec's run). Why processes, not threads: one small model leaves a
+GPU mostly idle between kernel launches, and several processes fill those gaps; on a CPU each
+process gets its own threads.
+
+A ``deadline`` stops the workers still running (they resume from their last checkpoint next
+time); finished tasks are never redone. Each task's output goes to ``<out>/logs/<task>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from cora.errors import CoraError
+
+console = Console()
+
+
+@dataclass
+class Task:
+    name: str                      # "cf:mf", "TALLRec", "CoRA-MF#2" (row CoRA-MF, seed 2)
+    needs: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    state: str = "waiting"         # waiting, running, done, failed, skipped, stopped
+
+
+def task_name(row: dict, seed: int | None) -> str:
+    return row["name"] + ("" if seed is None else f"#{seed}")
+
+
+def parse_task(exp, name: str) -> tuple[str, dict | str, int | None]:
+    """('cf', key, None) or ('llm', row, seed) for a task name; a clear error for a bad one."""
+    if name.startswith("cf:"):
+        key = name[3:]
+        if key not in exp.cf:
+            raise CoraError(f"--task {name}: no CF model '{key}' under 'cf' (have: {', '.join(exp.cf)})")
+        return "cf", key, None
+    row_name, _, seed = name.partition("#")
+    rows = [r for r in exp.rows if r["name"] == row_name and "method" in r]
+    if not rows:
+        raise CoraError(f"--task {name}: no LLM row '{row_name}'")
+    row = rows[0]
+    if seed:
+        if not seed.isdigit() or int(seed) not in (row.get("seeds") or []):
+            raise CoraError(f"--task {name}: row '{row_name}' has no seed {seed} (seeds: {row.get('seeds')})")
+        return "llm", row, int(seed)
+    if row.get("seeds"):
+        raise CoraError(f"--task {name}: row '{row_name}' is seeded; name one seed, e.g. {row_name}#{row['seeds'][0]}")
+    return "llm", row, None
+
+
+def plan(exp, only: list[str] | None = None) -> list[Task]:
+    """Every training of the experiment (rows in ``only``, with the CF models and donors they
+    read) as tasks in the file's row order, which is the order ready tasks start in."""
+    tasks: dict[str, Task] = {}
+    wanted = set(only or [r["name"] for r in exp.rows])
+    for row in exp.rows:
+        if row["name"] not in wanted:
+            continue
+        if row.get("cf"):
+            tasks.setdefault(f"cf:{row['cf']}", Task(f"cf:{row['cf']}"))
+        if "method" not in row:
+            continue
+        for seed, _ in exp.seed_runs(row):
+            needs = [f"cf:{row['cf']}"] if row.get("cf") else []
+            for donor_name in (row.get("stage_from") or {}).values():
+                donor = exp._row(donor_name)
+                needs.append(task_name(donor, seed if donor.get("seeds") else None))
+            tasks[task_name(row, seed)] = Task(task_name(row, seed), needs)
+    # A donor (or its CF model) outside ``only`` is still trained first: its dependents need it.
+    for t in list(tasks.values()):
+        for need in t.needs:
+            if need not in tasks:
+                kind, what, seed = parse_task(exp, need)
+                extra = [f"cf:{what['cf']}"] if kind == "llm" and what.get("cf") else []
+                tasks[need] = Task(need, extra)
+                for e in extra:
+                    tasks.setdefault(e, Task(e))
+    order = {name: i for i, name in enumerate(_file_order(exp))}
+    return sorted(tasks.values(), key=lambda t: order.get(t.name, -1))
+
+
+def _file_order(exp) -> list[str]:
+    names = []
+    for row in exp.rows:
+        if row.get("cf"):
+            names.append(f"cf:{row['cf']}")
+        if "method" in row:
+            names += [task_name(row, seed) for seed, _ in exp.seed_runs(row)]
+    return list(dict.fromkeys(names))
+
+
+def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, deadline_s: float | None = None,
+                 placement: list[str] | None = None, poll_s: float = 2.0) -> dict[str, str]:
+    """Run the planned tasks, at most ``jobs`` at a time; returns each task's final state."""
+    if jobs < 1:
+        raise CoraError(f"--jobs must be >= 1 (got {jobs})")
+    tasks = plan(exp, only)
+    logs = Path(exp.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    console.print(f"[bold]{len(tasks)} trainings, {jobs} at a time[/]"
+                  + (f", stopping at {deadline_s:.0f} s" if deadline_s else ""))
+    by_name = {t.name: t for t in tasks}
+    try:
+        while True:
+            for t in tasks:
+                if t.state == "running" and t.proc.poll() is not None:
+                    t.state = "done" if t.proc.returncode == 0 else "failed"
+                    console.print(f"{time.time() - t0:7.0f} s  {t.name}: {t.state} "
+                                  f"({time.time() - t.started:.0f} s; log {logs / _log_name(t.name)})")
+                if t.state == "waiting" and any(by_name[n].state in ("failed", "skipped", "stopped") for n in t.needs):
+                    t.state = "skipped"
+                    console.print(f"[yellow]{t.name}: skipped (needs {', '.join(t.needs)})")
+            running = sum(t.state == "running" for t in tasks)
+            for t in tasks:
+                if running >= jobs:
+                    break
+                if t.state == "waiting" and all(by_name[n].state == "done" for n in t.needs):
+                    t.proc = subprocess.Popen(
+                        [sys.executable, "-m", "cora", "experiment", str(config), "--task", t.name, *(placement or [])],
+                        stdout=(logs / _log_name(t.name)).open("a"), stderr=subprocess.STDOUT,
+                        start_new_session=True)  # its own group: a stop reaches its children too
+                    t.state, t.started = "running", time.time()
+                    running += 1
+                    console.print(f"{time.time() - t0:7.0f} s  {t.name}: started")
+            if all(t.state not in ("waiting", "running") for t in tasks):
+                break
+            if deadline_s is not None and time.time() - t0 > deadline_s:
+                console.print(f"[yellow]deadline ({deadline_s:.0f} s): stopping the running trainings")
+                break
+            time.sleep(poll_s)
+    finally:  # a deadline, Ctrl-C or an error here: no orphaned worker keeps the GPU
+        _stop([t for t in tasks if t.state == "running"])
+    for t in tasks:
+        if t.state in ("running", "waiting"):
+            t.state = "stopped"
+    return {t.name: t.state for t in tasks}
+
+
+def _stop(running: list[Task], grace_s: float = 20.0) -> None:
+    for t in running:
+        if t.proc.poll() is None:
+            os.killpg(t.proc.pid, signal.SIGTERM)
+    end = time.time() + grace_s
+    for t in running:
+        try:
+            t.proc.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(t.proc.pid, signal.SIGKILL)
+            t.proc.wait()
+        if t.state == "running":
+            t.state = "stopped"
+
+
+def _log_name(task: str) -> str:
+    return task.replace(":", "-").replace("#", "-seed") + ".log"
+
+
+def run_task(exp, name: str) -> None:
+    """One training, as the sequential loop runs it (a carried or finished one is not redone)."""
+    from cora.train.experiment import _carried_run, _committed, _committed_predictions, _keep_stages, _run_cf, _run_llm
+
+    kind, what, seed = parse_task(exp, name)
+    if kind == "cf":
+        _run_cf(exp, what)
+        return
+    committed, _ = _committed(exp)
+    files = _committed_predictions(exp) if committed else {}
+    if _carried_run(exp, what, seed, exp.seed_dir(what, seed), committed, files):
+        console.print(f"{name}: carried from {exp.results_root / 'results.json'}")
+        return
+    _run_llm(exp, what, seed)
+    # Only a donor copies its stage, so two workers never write the same kept folder.
+    if any(what["name"] in (r.get("stage_from") or {}).values() for r in exp.rows):
+        _keep_stages(exp)
