@@ -479,3 +479,16 @@ def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
     assert (tmp_path / "exp" / "tallrec" / "checkpoint").exists()  # resumable
     res = run_cli("experiment", cfg, "--deadline-min", "1")
     assert res.returncode == 1 and "--deadline-min needs --jobs" in res.stdout + res.stderr
+
+
+def test_a_failed_training_skips_what_needs_it_and_fails_the_command(tmp_path):
+    d = tiny_experiment(tmp_path, plots=[])
+    d["rows"] = [{"name": "MF", "cf": "mf"},
+                 {"name": "TALLRec", "method": "tallrec", "backbone": str(tmp_path / "no-such-model")},
+                 {"name": "CoLLM-MF", "method": "collm", "cf": "mf", "stage_from": {"lora": "TALLRec"}}]
+    res = run_cli("experiment", write_yaml(tmp_path / "e.yaml", d), "--jobs", "2")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "TALLRec: failed" in out and "CoLLM-MF: skipped" in out
+    assert "1 training(s) failed (TALLRec)" in out and "Traceback" not in out
+    assert "no-such-model" in (tmp_path / "exp" / "logs" / "TALLRec.log").read_text()
+    assert json.loads((tmp_path / "exp" / "results.json").read_text())["rows"][0]["method"] == "MF"

@@ -359,6 +359,7 @@ def experiment_cmd(
 
     exp = Experiment.load(config)
     exp.place(device, tf32)
+    states: dict[str, str] = {}
     if task is not None:
         from cora.train.parallel import run_task
 
@@ -379,6 +380,9 @@ def experiment_cmd(
     console.print((exp.results_root / "results.md").read_text())
     if results["missing"]:
         console.print(f"[yellow]not finished:[/] {', '.join(results['missing'])}")
+    # As the sequential loop: the results of what finished are written, then a failure is an error.
+    if failed := [name for name, state in states.items() if state == "failed"]:
+        raise CoraError(f"{len(failed)} training(s) failed ({', '.join(failed)}); see their logs in {exp.out}/logs/")
 
 
 @app.command("report")
