@@ -238,6 +238,17 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     assert [name for _, name in curve["stage_starts"]][:1] == ["lora"] and len(curve["steps"]) == 4
     assert len(curve["loss"]) == 4 and all(loss > 0 for loss in curve["loss"])
     assert results["missing"] == [] and results["rows"][0]["carried"] is True
+    # A donor's run folder brought back as records only (no weights, as scripts/gpu_table.sh packs
+    # it) is no donor: the kept stage is.
+    from cora.train.experiment import _donor_dir
+
+    exp = Experiment.load(cfg)
+    records = tmp_path / "exp" / "tallrec"
+    records.mkdir()
+    for f in ("config.yaml", "train_summary.json"):
+        shutil.copyfile(kept / f, records / f)
+    assert _donor_dir(exp, exp._row("TALLRec"), None) == kept
+    shutil.rmtree(records)
 
     # Seed 1 finished on a machine, seed 2 not yet: the row waits, seed 1 is kept for the next.
     saved = json.loads((tmp_path / "results" / "results.json").read_text())

@@ -358,7 +358,8 @@ def _donor_dir(exp: Experiment, donor: dict, seed: int | None) -> Path:
     another machine), else the run folder (reuse_stage then says it has not finished)."""
     run = exp.seed_dir(donor, seed)
     kept = exp.results_root / "stages" / run.name
-    if not (run / "train_summary.json").exists() and all((kept / f).exists() for f in STAGE_FILES):
+    # A run folder brought back without its weights (records only) is no donor either.
+    if not all((run / f).exists() for f in STAGE_FILES) and all((kept / f).exists() for f in STAGE_FILES):
         return kept
     return run
 
