@@ -99,7 +99,7 @@ class LLMConfig(_YamlConfig):
     dtype: str = "fp32"
     device: str = "cpu"
     # CUDA only: fp32 matrix products on TF32 tensor cores (10-bit mantissa inputs, fp32 sums and
-    # weights), ~4-8x faster on an Ampere/Hopper GPU than true fp32, far closer to it than bf16.
+    # weights): ~7x plain fp32's peak on an H200 by its datasheet, far closer to fp32 than bf16.
     # Off by default (torch's default); recorded in config.yaml. Ignored on a CPU.
     tf32: bool = False
     # prompt
