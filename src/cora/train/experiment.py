@@ -364,21 +364,34 @@ def _donor_dir(exp: Experiment, donor: dict, seed: int | None) -> Path:
     return run
 
 
-def _keep_stages(exp: Experiment) -> None:
-    """Copy each finished donor training (TALLRec for CoLLM / BinLLM) into ``<results>/stages/``:
-    a few MB of LoRA, so a later machine trains the consuming rows without training it again."""
-    donors = {name for row in exp.rows for name in (row.get("stage_from") or {}).values()}
-    for row in exp.rows:
-        if row["name"] not in donors:
-            continue
-        for _, run in exp.seed_runs(row):
-            kept = exp.results_root / "stages" / run.name
-            if not all((run / f).exists() for f in STAGE_FILES):
-                continue
-            if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
-                continue
-            # The log too: CoLLM's curve shows its first stage.
-            _copy_files(run, kept, [f for f in STAGE_FILES + ("log.jsonl",) if (run / f).exists()])
+def _keep_stage(exp: Experiment, row: dict, seed: int | None) -> None:
+    """Copy this training into ``<results>/stages/`` when other rows take a stage from its row
+    (TALLRec for CoLLM / BinLLM) and it has finished: a few MB of LoRA, so a later machine trains
+    the consuming rows without training it again. Each training copies only its own stage, so
+    parallel workers never write the same kept folder."""
+    if not any(row["name"] in (r.get("stage_from") or {}).values() for r in exp.rows):
+        return
+    run = exp.seed_dir(row, seed)
+    kept = exp.results_root / "stages" / run.name
+    if not all((run / f).exists() for f in STAGE_FILES):
+        return
+    if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
+        return
+    # The log too: CoLLM's curve shows its first stage.
+    _copy_files(run, kept, [f for f in STAGE_FILES + ("log.jsonl",) if (run / f).exists()])
+
+
+def run_training(exp: Experiment, row: dict, seed: int | None, committed: dict, files: dict) -> None:
+    """One training of a row (its CF model, or one seed of an LLM row), resumed where it stopped;
+    one finished on another machine and committed with the same settings is not redone. The
+    sequential loop and each ``--jobs`` worker (cora.train.parallel) run exactly this."""
+    if _carried_run(exp, row, seed, exp.seed_dir(row, seed), committed, files):
+        console.print(f"{run_key(row, seed)}: carried from {exp.results_root / 'results.json'}")
+    elif "method" not in row:
+        _run_cf(exp, row["cf"])
+    else:
+        _run_llm(exp, row, seed)
+        _keep_stage(exp, row, seed)
 
 
 def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
@@ -393,15 +406,8 @@ def run_experiment(exp: Experiment, only: list[str] | None = None) -> dict:
             continue
         console.rule(f"[bold]{i + 1}/{len(exp.rows)}  {row['name']}")
         try:
-            for seed, run in exp.seed_runs(row):
-                # Finished on another machine and committed with the same settings: not redone.
-                if _carried_run(exp, row, seed, run, committed, files):
-                    console.print(f"{run_key(row, seed)}: carried from {exp.results_root / 'results.json'}")
-                elif "method" not in row:
-                    _run_cf(exp, row["cf"])
-                else:
-                    _run_llm(exp, row, seed)
-                    _keep_stages(exp)
+            for seed, _ in exp.seed_runs(row):
+                run_training(exp, row, seed, committed, files)
         except (CoraError, RuntimeError, ValueError) as e:  # one bad row must not cost the others
             failures[row["name"]] = f"{type(e).__name__}: {e}"
             console.print(f"[red]row '{row['name']}' failed:[/] {e}")
@@ -416,11 +422,9 @@ def _train_info(run: Path) -> dict:
     summary = run / "train_summary.json"
     if summary.exists():
         s = read_json(summary)
-        # A staged run's own summary has no hardware: its last stage's has.
-        hw = s.get("hardware") or next((st.get("hardware") for st in reversed(list((s.get("stages") or {}).values()))
-                                        if st.get("hardware") and not st.get("reused_from")), None)
+        # A staged run's summary is its last (trained) stage's, hardware included.
         return {"steps": s.get("steps"), "train_time_s": s.get("wall_time_s"), "samples_per_s": s.get("samples_per_s"),
-                "stopped": _stopped(s), **({"hardware": hw} if hw else {})}
+                "stopped": _stopped(s), **({"hardware": s["hardware"]} if s.get("hardware") else {})}
     metrics = read_json(run / "metrics.json").get("train", {})
     return {"epochs": metrics.get("epochs_run"), "train_time_s": metrics.get("wall_time_s")}
 

@@ -64,44 +64,30 @@ def parse_task(exp, name: str) -> tuple[str, dict | str, int | None]:
 
 
 def plan(exp, only: list[str] | None = None) -> list[Task]:
-    """Every training of the experiment (rows in ``only``, with the CF models and donors they
-    read) as tasks in the file's row order, which is the order ready tasks start in."""
-    tasks: dict[str, Task] = {}
-    wanted = set(only or [r["name"] for r in exp.rows])
+    """Every training of the rows in ``only`` (default: all), with the CF models and stage donors
+    they read, as tasks in the file's row order, which is the order ready tasks start in."""
+    tasks: dict[str, Task] = {}  # every training of the file, in its order
     for row in exp.rows:
-        if row["name"] not in wanted:
-            continue
         if row.get("cf"):
             tasks.setdefault(f"cf:{row['cf']}", Task(f"cf:{row['cf']}"))
-        if "method" not in row:
-            continue
-        for seed, _ in exp.seed_runs(row):
+        for seed, _ in exp.seed_runs(row) if "method" in row else []:
             needs = [f"cf:{row['cf']}"] if row.get("cf") else []
             for donor_name in (row.get("stage_from") or {}).values():
                 donor = exp._row(donor_name)
                 needs.append(task_name(donor, seed if donor.get("seeds") else None))
             tasks[task_name(row, seed)] = Task(task_name(row, seed), needs)
-    # A donor (or its CF model) outside ``only`` is still trained first: its dependents need it.
-    for t in list(tasks.values()):
-        for need in t.needs:
-            if need not in tasks:
-                kind, what, seed = parse_task(exp, need)
-                extra = [f"cf:{what['cf']}"] if kind == "llm" and what.get("cf") else []
-                tasks[need] = Task(need, extra)
-                for e in extra:
-                    tasks.setdefault(e, Task(e))
-    order = {name: i for i, name in enumerate(_file_order(exp))}
-    return sorted(tasks.values(), key=lambda t: order.get(t.name, -1))
-
-
-def _file_order(exp) -> list[str]:
-    names = []
-    for row in exp.rows:
-        if row.get("cf"):
-            names.append(f"cf:{row['cf']}")
-        if "method" in row:
-            names += [task_name(row, seed) for seed, _ in exp.seed_runs(row)]
-    return list(dict.fromkeys(names))
+    # The wanted rows' own trainings, then whatever they need, transitively.
+    wanted = set(only or [r["name"] for r in exp.rows])
+    chosen = {f"cf:{r['cf']}" for r in exp.rows if r["name"] in wanted and "method" not in r}
+    chosen |= {task_name(r, seed) for r in exp.rows if r["name"] in wanted and "method" in r
+               for seed, _ in exp.seed_runs(r)}
+    todo = list(chosen)
+    while todo:
+        for need in tasks[todo.pop()].needs:
+            if need not in chosen:
+                chosen.add(need)
+                todo.append(need)
+    return [t for name, t in tasks.items() if name in chosen]
 
 
 def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, deadline_s: float | None = None,
@@ -173,18 +159,11 @@ def _log_name(task: str) -> str:
 
 def run_task(exp, name: str) -> None:
     """One training, as the sequential loop runs it (a carried or finished one is not redone)."""
-    from cora.train.experiment import _carried_run, _committed, _committed_predictions, _keep_stages, _run_cf, _run_llm
+    from cora.train.experiment import _committed, _committed_predictions, _run_cf, run_training
 
     kind, what, seed = parse_task(exp, name)
-    if kind == "cf":
+    if kind == "cf":  # the CF model its LLM rows read (a CF row's own result comes from it)
         _run_cf(exp, what)
         return
     committed, _ = _committed(exp)
-    files = _committed_predictions(exp) if committed else {}
-    if _carried_run(exp, what, seed, exp.seed_dir(what, seed), committed, files):
-        console.print(f"{name}: carried from {exp.results_root / 'results.json'}")
-        return
-    _run_llm(exp, what, seed)
-    # Only a donor copies its stage, so two workers never write the same kept folder.
-    if any(what["name"] in (r.get("stage_from") or {}).values() for r in exp.rows):
-        _keep_stages(exp)
+    run_training(exp, what, seed, committed, _committed_predictions(exp) if committed else {})
