@@ -324,6 +324,34 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(root, tmp_path,
     assert (a["auc"], a["uauc"], a["warm"]) == (b["auc"], b["uauc"], b["warm"])
 
 
+def test_checkpoints_between_validations_resume_mid_interval_and_change_nothing(root, tmp_path, cora):
+    """checkpoint_every_min 0: a checkpoint after every step, validations every 4. A kill after
+    step 3 resumes from step 3 (not from the start), carrying the losses since the last validation,
+    and the run ends as one that saved only at validations: same tensors, same log (mean losses
+    included), same summary. The interval is bookkeeping: a resume may change it."""
+    ref_cfg = tiny_config(root, max_steps=6, eval_every=4)  # checkpoints at validations only (10 min)
+    ref_cfg.save(tmp_path / "ref.yaml")
+    _ok(cora("train", "--config", tmp_path / "ref.yaml", "--keep-checkpoint", "--out", tmp_path / "ref"))
+
+    often = tiny_config(root, max_steps=6, eval_every=4, checkpoint_every_min=0)
+    often.save(tmp_path / "often.yaml")
+    run = tmp_path / "killed"
+    _killed(cora("train", "--config", tmp_path / "often.yaml", "--keep-checkpoint", "--out", run, kill="step:4"),
+            "after step 4's optimizer step, before its validation")
+    state = load_checkpoint(run / "checkpoint")[1]
+    assert state["step"] == 3 and len(state["running"]) == 3 and not (run / "log.jsonl").read_text()
+    # Resumed with the reference's interval: the field is not compared.
+    _ok(cora("train", "--config", tmp_path / "ref.yaml", "--keep-checkpoint", "--out", run, "--resume"))
+
+    _same_tensors(run / "model.safetensors", tmp_path / "ref" / "model.safetensors")
+    _same_tensors(run / "checkpoint" / "trainable.safetensors", tmp_path / "ref" / "checkpoint" / "trainable.safetensors")
+    assert _records(run / "log.jsonl") == _records(tmp_path / "ref" / "log.jsonl")
+    assert [r["step"] for r in _records(run / "log.jsonl")] == [4, 6]
+    summaries = [{k: v for k, v in json.loads((r / "train_summary.json").read_text()).items() if k not in TIMING}
+                 for r in (run, tmp_path / "ref")]
+    assert summaries[0] == summaries[1]
+
+
 # ----------------------------------------------------------------------------- kill -9, CF runs
 CF_KILLS = [
     "model.safetensors.part-write:1",  # epoch 0's best weights not renamed; no checkpoint yet

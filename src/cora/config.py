@@ -159,6 +159,11 @@ class LLMConfig(_YamlConfig):
     # stops earlier. None = max_steps (what a config.yaml without this field means).
     lr_horizon: int | None = None
     eval_every: int = 100
+    # Also write the resume checkpoint between validations once this many minutes have passed since
+    # the last one (0 = after every step): a CPU run whose validations are 40 minutes apart loses at
+    # most this much to a kill. It changes no number of the run (resume is exact), so it is never
+    # compared on resume (PLACEMENT_FIELDS).
+    checkpoint_every_min: float = 10.0
     patience: int = 20
     selection_metric: str = "auc"
     limit_train: int | None = None
@@ -201,9 +206,10 @@ class LLMConfig(_YamlConfig):
         return (self.gen_layers or (8 if big else 2), self.gen_ffn or (3072 if big else 1024))
 
 
-# Where a run computes, not what it computes: a run may resume, and an experiment may carry a
-# committed training, on another device or matmul precision (the row's table records which it had).
-PLACEMENT_FIELDS = frozenset({"device", "tf32"})
+# Where a run computes (and how often it saves), not what it computes: a run may resume, and an
+# experiment may carry a committed training, on another device or matmul precision (the row's
+# table records which it had) or with another checkpoint interval.
+PLACEMENT_FIELDS = frozenset({"device", "tf32", "checkpoint_every_min"})
 
 # Settings of every new run that differ from what an older config.yaml without the field means:
 # a limited validation sample keeps at most 10 rows of each drawn user (DEFAULT_PER_USER).

@@ -124,6 +124,7 @@ RANGES: dict[str, dict[str, Spec]] = {
         "bucket_window": Int(0),  # 0 or 1: plain shuffled batches
         "grad_accum": POSITIVE, "warmup_start_lr": FRACTION, "warmup_steps": Int(0), "min_lr": FRACTION,
         "max_steps": POSITIVE, "lr_horizon": Int(1, optional=True), "eval_every": POSITIVE,
+        "checkpoint_every_min": Float(0),  # 0: after every step
         "selection_metric": Choice(*SELECTION_METRICS),
         "limit_train": Int(1, optional=True), "limit_valid": Int(1, optional=True), "eval_batch_size": POSITIVE,
         "valid_per_user": Int(2, optional=True),  # as --per-user: UAUC needs both labels of a user

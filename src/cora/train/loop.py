@@ -156,6 +156,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     unwrapped: LLMMethod = acc.unwrap_model(model)
 
     step, best, bad, micro, elapsed_before, log_bytes = 0, {"score": -math.inf, "step": 0}, 0, 0, 0.0, 0
+    running: list[float] = []  # training losses since the last validation
     if acc.is_main_process:
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
@@ -168,6 +169,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         if torch.cuda.is_available() and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
+        # The losses since the last validation (a checkpoint between validations has some), so the
+        # next log line's mean loss is the uninterrupted run's; none at a validation's checkpoint.
+        running = list(state.get("running", []))
         # Training time before the interruption (up to its last checkpoint), so a resumed run
         # reports the time it took in all, not only its last piece.
         elapsed_before, log_bytes = state["elapsed_s"], state["log_bytes"]
@@ -187,7 +191,19 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     # resumes into a stopped run, not into more steps.
     started, seen, stop_reason = time.time(), 0, "patience" if bad >= cfg.patience else "max_steps"
     t0 = started - elapsed_before
-    running = []
+    last_save = started
+
+    def checkpoint() -> None:  # main process only: the last state, swapped in atomically
+        nonlocal last_save
+        save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "step": step, "best": best, "bad": bad, "micro": micro, "elapsed_s": time.time() - t0,
+            "running": running,
+            # The log as of this checkpoint (flushed before), for the truncate on resume.
+            "log_bytes": os.fstat(log.fileno()).st_size})
+        last_save = time.time()
 
     def bar_info(loss: float, rate: float) -> str:  # reads `best` when called: after a validation too
         return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {best['score']:.4f}@{best['step']}"
@@ -252,16 +268,16 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                             progress.console.print(f"step {step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
                                                    f"{cfg.selection_metric} {score:.4f}  best {best['score']:.4f}"
                                                    f"@{best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
-                        save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                            "step": step, "best": best, "bad": bad, "micro": micro, "elapsed_s": time.time() - t0,
-                            # The log as of this checkpoint (flushed above), for the truncate on resume.
-                            "log_bytes": os.fstat(log.fileno()).st_size})
+                        checkpoint()
                     acc.wait_for_everyone()
                     if bad >= cfg.patience:
                         stop_reason = "patience"
+                elif step < cfg.max_steps and _main_says(acc, time.time() - last_save >= 60 * cfg.checkpoint_every_min):
+                    # Between validations: the same state, so a kill costs minutes, not a whole
+                    # validation interval.
+                    if acc.is_main_process:
+                        checkpoint()
+                    acc.wait_for_everyone()
                 if step >= cfg.max_steps or stop_reason != "max_steps":
                     break
     log.close()
@@ -276,6 +292,17 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         if not keep_checkpoint:
             drop_checkpoint(ckpt)
     return summary
+
+
+def _main_says(acc: Accelerator, yes: bool) -> bool:
+    """The main process's ``yes`` on every process: a decision taken on one process's clock must
+    not send the others down another path (one would wait for a barrier the others never reach)."""
+    if acc.num_processes == 1:
+        return yes
+    from accelerate.utils import broadcast
+
+    flag = torch.tensor([int(yes)], device=acc.device)
+    return bool(broadcast(flag, from_process=0).item())
 
 
 class _null:
