@@ -492,6 +492,36 @@ def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
     assert res.returncode == 1 and "--deadline-min needs --jobs" in res.stdout + res.stderr
 
 
+def test_sigterm_to_the_runner_stops_its_workers(tmp_path):
+    """`kill RUNNER` must not orphan the workers (each runs in its own process group, so a signal
+    to the runner alone does not reach them): they are stopped and keep their checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = tiny_experiment(tmp_path, plots=[], rows=[{"name": "TALLRec", "method": "tallrec"}])
+    d["llm"] = {**d["llm"], "max_steps": 100_000, "eval_every": 20, "patience": 100_000}
+    cfg = write_yaml(tmp_path / "e.yaml", d)
+    runner = subprocess.Popen([sys.executable, "-m", "cora", "experiment", str(cfg), "--jobs", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    ckpt = tmp_path / "exp" / "tallrec" / "checkpoint"
+    end = time.time() + 120
+    while not ckpt.exists() and time.time() < end and runner.poll() is None:
+        time.sleep(0.5)
+    assert ckpt.exists(), runner.communicate()[0]
+    worker = subprocess.run(["pgrep", "-f", f"{cfg} --task TALLRec"], capture_output=True, text=True).stdout.split()
+    assert len(worker) == 1, [l for l in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines() if "cora" in l]
+    runner.send_signal(signal.SIGTERM)
+    out = runner.communicate(timeout=60)[0]
+    assert runner.returncode == 128 + signal.SIGTERM and "SIGTERM: stopping the running trainings" in out
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left training
+        os.kill(int(worker[0]), 0)
+    assert ckpt.exists()
+
+
 def test_a_failed_training_skips_what_needs_it_and_fails_the_command(tmp_path):
     d = tiny_experiment(tmp_path, plots=[])
     d["rows"] = [{"name": "MF", "cf": "mf"},

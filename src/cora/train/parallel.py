@@ -102,6 +102,7 @@ def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, de
     console.print(f"[bold]{len(tasks)} trainings, {jobs} at a time[/]"
                   + (f", stopping at {deadline_s:.0f} s" if deadline_s else ""))
     by_name = {t.name: t for t in tasks}
+    previous = _stop_on_sigterm()
     try:
         while True:
             for t in tasks:
@@ -130,12 +131,28 @@ def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, de
                 console.print(f"[yellow]deadline ({deadline_s:.0f} s): stopping the running trainings")
                 break
             time.sleep(poll_s)
-    finally:  # a deadline, Ctrl-C or an error here: no orphaned worker keeps the GPU
+    finally:  # a deadline, Ctrl-C, a SIGTERM or an error here: no orphaned worker keeps the GPU
         _stop([t for t in tasks if t.state == "running"])
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for t in tasks:
         if t.state in ("running", "waiting"):
             t.state = "stopped"
     return {t.name: t.state for t in tasks}
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill PID``, a job scheduler's stop) leave through ``finally`` like Ctrl-C:
+    Python's default ends the process at once, leaving the workers (their own process groups)
+    training on. Returns the previous handler, or None off the main thread (no handler there)."""
+    def stop(signum, frame):
+        console.print("[yellow]SIGTERM: stopping the running trainings (each resumes from its last checkpoint)")
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _stop(running: list[Task], grace_s: float = 20.0) -> None:
