@@ -229,11 +229,16 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     kept = tmp_path / "results" / "stages" / "tallrec"
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "log.jsonl", "model.safetensors", "train_summary.json"]
     shutil.rmtree(tmp_path / "exp")  # the next machine
+    # ... trained it on a GPU: the CoLLM row says both places, stage by stage.
+    donor = json.loads((kept / "train_summary.json").read_text())
+    (kept / "train_summary.json").write_text(json.dumps({**donor, "hardware": "NVIDIA H200 tf32"}))
 
     results = run_experiment(Experiment.load(cfg), only=["CoLLM-MF"])
     assert not (tmp_path / "exp" / "tallrec").exists()  # carried, not trained again
     summary = json.loads((tmp_path / "exp" / "collm-mf-seed1" / "train_summary.json").read_text())
     assert Path(summary["stages"]["lora"]["reused_from"]) == kept
+    assert re.fullmatch(r"NVIDIA H200 tf32 \(lora\) \+ cpu x\d+ fp32 \(mapping\)", summary["hardware"])
+    assert summary["hardware"] in (tmp_path / "results" / "results.md").read_text()  # the "trained on" column
     curve = results["curves"]["CoLLM-MF seed 1"]  # its first stage's points come from the kept log
     assert [name for _, name in curve["stage_starts"]][:1] == ["lora"] and len(curve["steps"]) == 4
     assert len(curve["loss"]) == 4 and all(loss > 0 for loss in curve["loss"])

@@ -154,9 +154,24 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
     # The last stage's figures, with steps and time summed over the stages.
     summary = {**summaries[name], "steps": sum(s["steps"] for s in summaries.values()),
                "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 1), "stages": summaries}
+    if hw := _stages_hardware(summaries):
+        summary["hardware"] = hw
     if PartialState().is_main_process:
         write_json(out / "train_summary.json", summary)
     return summary
+
+
+def _stages_hardware(summaries: dict[str, dict]) -> str | None:
+    """Where a staged run trained, when its stages trained in different places (CoLLM's LoRA
+    stage taken from a GPU run, its mapping trained on a CPU): 'NVIDIA H200 tf32 (lora) + cpu x1
+    fp32 (mapping)'. None when they agree (the last stage's hardware says it all)."""
+    places: dict[str, list[str]] = {}
+    for stage, s in summaries.items():
+        if s.get("hardware"):
+            places.setdefault(s["hardware"], []).append(stage)
+    if len(places) < 2:
+        return None
+    return " + ".join(f"{hw} ({', '.join(stages)})" for hw, stages in places.items())
 
 
 # Settings that do not touch a text-only LoRA stage (CoLLM's / BinLLM's first stage is TALLRec):
