@@ -4,6 +4,7 @@ results.md / results.json / plots are written from finished runs, bad files are 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -493,6 +494,13 @@ def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "TALLRec: stopped" in res.stdout and "not finished" in res.stdout and "ICL: done" in res.stdout
     assert (tmp_path / "exp" / "tallrec" / "checkpoint").exists()  # resumable
+    # --status reads where each training stands from the folders alone.
+    res = run_cli("experiment", cfg, "--status", env={**os.environ, "COLUMNS": "120"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = {line.split("│")[1].strip(): line for line in res.stdout.splitlines() if line.count("│") > 3}
+    assert "finished" in lines["ICL"]
+    step = json.loads((tmp_path / "exp" / "tallrec" / "checkpoint" / "state.json").read_text())["state"]["step"]
+    assert "training" in lines["TALLRec"] and f"{step}/100000" in lines["TALLRec"] and " h " in lines["TALLRec"]
     res = run_cli("experiment", cfg, "--deadline-min", "1")
     assert res.returncode == 1 and "--deadline-min needs --jobs" in res.stdout + res.stderr
 

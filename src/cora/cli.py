@@ -348,6 +348,9 @@ def experiment_cmd(
     deadline_min: Optional[float] = typer.Option(None, "--deadline-min", min=0.1, help="With --jobs: stop the "
                                                  "trainings still running after this many minutes (they resume "
                                                  "from their last checkpoint next time), then write the results."),
+    status: bool = typer.Option(False, "--status", help="Say where each training stands (finished, committed, "
+                                "training: stage, step, best valid, last checkpoint, samples/s, time to the step "
+                                "cap at most) from the run folders; trains nothing, writes nothing."),
     task: Optional[str] = typer.Option(None, "--task", hidden=True, help="One training only (a --jobs worker): "
                                        "'cf:KEY', 'ROW' or 'ROW#SEED'; writes no results."),
 ) -> None:
@@ -359,6 +362,11 @@ def experiment_cmd(
 
     exp = Experiment.load(config)
     exp.place(device, tf32)
+    if status:
+        from cora.train.status import experiment_status, status_table
+
+        console.print(status_table(experiment_status(exp, only)))
+        return
     states: dict[str, str] = {}
     if task is not None:
         from cora.train.parallel import run_task

@@ -1,0 +1,122 @@
+"""``cora experiment CONFIG --status``: where each training of an experiment stands, read from its
+run folders alone (no model is loaded, nothing is written).
+
+A table that runs for hours across sessions needs one look that says what is finished, what is
+training (stage, step of the cap, best validation so far, when the last checkpoint was written,
+samples/s) and how long the rest takes at most. "At most": a stage stops at its step cap or
+earlier by patience, which no one can forecast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cora.io import read_json
+
+
+@dataclass
+class TrainingStatus:
+    name: str             # as results.json's runs: "CoLLM-MF seed 1", "cf:mf"
+    state: str            # finished, committed, training, started, not started
+    stage: str = ""       # a staged run's stage in progress ("2/2 mapping")
+    step: int | None = None
+    cap: int | None = None
+    best: str = ""        # "0.7115 @ 100"
+    saved: float | None = None  # when the last checkpoint (or the summary) was written
+    rate: float | None = None   # samples/s of the last validation's process
+    left_s: float | None = None  # to the cap at that rate (an upper bound)
+    detail: str = ""
+
+
+def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus]:
+    """One status per training of the rows in ``only`` (default all), in the file's order."""
+    from cora.train.experiment import _committed, run_key
+    from cora.train.parallel import plan
+
+    committed, _ = _committed(exp)
+    out = []
+    for task in plan(exp, only):
+        if task.name.startswith("cf:"):
+            out.append(_cf_status(task.name, exp.cf_dir(task.name[3:])))
+            continue
+        row_name, _, seed = task.name.partition("#")
+        row = exp._row(row_name)
+        seed = int(seed) if seed else None
+        status = _llm_status(run_key(row, seed), exp.seed_dir(row, seed), exp.llm_config(
+            row if seed is None else {**row, "seed": seed}, source=row["name"]))
+        if status.state == "not started" and run_key(row, seed) in committed:
+            status.state, status.detail = "committed", f"from {exp.results_root / 'results.json'}"
+        out.append(status)
+    return out
+
+
+def _cf_status(name: str, run: Path) -> TrainingStatus:
+    if (run / "metrics.json").exists():
+        return TrainingStatus(name, "finished", saved=(run / "metrics.json").stat().st_mtime)
+    if (run / "checkpoint").exists():
+        return TrainingStatus(name, "training", saved=(run / "checkpoint").stat().st_mtime)
+    return TrainingStatus(name, "not started")
+
+
+def _llm_status(name: str, run: Path, cfg) -> TrainingStatus:
+    summary = run / "train_summary.json"
+    if summary.exists():
+        s = read_json(summary)
+        best = s.get(f"best_valid_{cfg.selection_metric}")
+        return TrainingStatus(name, "finished", step=s.get("steps"), saved=summary.stat().st_mtime,
+                              best=f"{best:.4f} @ {s.get('best_step')}" if best is not None else "",
+                              rate=s.get("samples_per_s"))
+    if not run.exists():
+        return TrainingStatus(name, "not started")
+    stages = sorted(run.glob("stage-*"), key=lambda p: int(p.name.split("-")[1]))
+    folder, stage, stage_cfg = run, "", cfg
+    for k, sub in enumerate(stages, 1):
+        if not (sub / "train_summary.json").exists():  # the stage in progress
+            stage_name = sub.name.split("-", 2)[2]
+            folder, stage, stage_cfg = sub, f"{k}/{len(stages)} {stage_name}", cfg.for_stage(stage_name)
+            break
+    status = TrainingStatus(name, "started", stage=stage, cap=stage_cfg.max_steps, detail="no checkpoint yet")
+    state_file = folder / "checkpoint" / "state.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text(encoding="utf-8")).get("state", {})
+        status.state, status.detail = "training", ""
+        status.step, status.saved = state.get("step"), state_file.stat().st_mtime
+        best = state.get("best") or {}
+        if best.get("step"):
+            status.best = f"{best['score']:.4f} @ {best['step']}"
+    log = folder / "log.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    if lines and status.step is not None:
+        status.rate = json.loads(lines[-1]).get("samples_per_s")
+        if status.rate:
+            rows_left = (stage_cfg.max_steps - status.step) * stage_cfg.batch_size * stage_cfg.grad_accum
+            status.left_s = rows_left / status.rate
+    return status
+
+
+def status_table(statuses: list[TrainingStatus], now: float | None = None):
+    """A rich Table of the statuses (ages and durations in minutes / hours); cells fold rather
+    than being cut off in a narrow terminal."""
+    from rich.table import Table
+
+    now = time.time() if now is None else now
+    table = Table(title="trainings", title_justify="left")
+    for col in ("training", "state", "step", "best valid", "saved", "samples/s", "to the cap, at most"):
+        table.add_column(col, justify="right" if col in ("step", "samples/s") else "left", overflow="fold")
+    for s in statuses:
+        step = "" if s.step is None else (f"{s.step}/{s.cap}" if s.cap else str(s.step))
+        state = " ".join(x for x in (s.state, s.stage and f"(stage {s.stage})", s.detail) if x)
+        table.add_row(s.name, state, step, s.best, _ago(now - s.saved) if s.saved else "",
+                      f"{s.rate:.2f}" if s.rate else "", _duration(s.left_s) if s.left_s is not None else "")
+    return table
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def _ago(seconds: float) -> str:
+    return _duration(max(seconds, 0)) + " ago"
