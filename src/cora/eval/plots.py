@@ -24,6 +24,9 @@ from cora.io import atomic_path  # noqa: E402
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    # Released from pyplot's registry (a long experiment or test run would hold every figure it
+    # drew); the returned figure stays readable for callers that inspect it.
+    plt.close(fig)
 
 
 def _yerr(values: list[float | None], intervals: list[list[float] | None] | None) -> np.ndarray | None:
