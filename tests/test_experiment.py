@@ -508,7 +508,6 @@ def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
 def test_sigterm_to_the_runner_stops_its_workers(tmp_path):
     """`kill RUNNER` must not orphan the workers (each runs in its own process group, so a signal
     to the runner alone does not reach them): they are stopped and keep their checkpoints."""
-    import os
     import signal
     import subprocess
     import sys

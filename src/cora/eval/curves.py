@@ -35,8 +35,7 @@ def run_curve(run: str | Path, metric: str = "auc") -> dict:
     shows there before its valid AUC falls)."""
     run = Path(run)
     key = f"valid_{metric}"
-    stages = sorted(run.glob("stage-*-*/"), key=lambda p: int(p.name.split("-")[1]))
-    parts = [(p.name.split("-", 2)[2], _stage_log(p)) for p in stages] or [("train", run / "log.jsonl")]
+    parts = [(name, _stage_log(p)) for name, p in stage_folders(run)] or [("train", run / "log.jsonl")]
     steps, values, losses, starts, offset = [], [], [], [], 0
     for name, log in parts:
         records = [r for r in read_log(log) if key in r]
@@ -46,6 +45,13 @@ def run_curve(run: str | Path, metric: str = "auc") -> dict:
         losses += [r.get("loss") for r in records]
         offset += records[-1]["step"] if records else 0
     return {"steps": steps, "valid": values, "loss": losses, "stage_starts": starts if len(parts) > 1 else []}
+
+
+def stage_folders(run: Path) -> list[tuple[str, Path]]:
+    """(stage name, folder) of a staged run's ``stage-<k>-<name>/`` folders in stage order; empty
+    for a single-stage run."""
+    stages = sorted(Path(run).glob("stage-*-*/"), key=lambda p: int(p.name.split("-")[1]))
+    return [(p.name.split("-", 2)[2], p) for p in stages]
 
 
 def _stage_log(stage: Path) -> Path:

@@ -241,9 +241,13 @@ class Experiment:
         """What one training of the row (``seed``: of a seeded row) would run with now: its
         resolved LLMConfig or CFConfig as a dict, compared before a committed training is carried."""
         if "method" in row:
-            return self.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"]).to_dict()
+            return self.seed_config(row, seed).to_dict()
         spec = dict(self.cf[row["cf"]])
         return CFConfig.for_model(spec.pop("model", row["cf"]), data=self.data, **spec).to_dict()
+
+    def seed_config(self, row: dict, seed: int | None) -> LLMConfig:
+        """The LLMConfig of one training of an LLM row (``seed``: of a seeded row)."""
+        return self.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"])
 
     def llm_config(self, row: dict, source: str) -> LLMConfig:
         """The row's LLMConfig: its fields over the experiment's ``llm`` block over the reference
@@ -337,7 +341,7 @@ def _run_llm(exp: Experiment, row: dict, seed: int | None = None) -> Path:
     out = exp.seed_dir(row, seed)
     if row.get("cf"):
         _run_cf(exp, row["cf"])
-    cfg = exp.llm_config(row if seed is None else {**row, "seed": seed}, source=row["name"])
+    cfg = exp.seed_config(row, seed)
     # A seeded donor gives the run of this seed (validate made sure it has it).
     donors = {stage: exp._row(donor) for stage, donor in (row.get("stage_from") or {}).items()}
     stage_from = {stage: _donor_dir(exp, d, seed if d.get("seeds") else None) for stage, d in donors.items()}

@@ -9,11 +9,11 @@ earlier by patience, which no one can forecast.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cora.eval.curves import read_log, stage_folders
 from cora.io import read_json
 
 
@@ -45,8 +45,7 @@ def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus
         row_name, _, seed = task.name.partition("#")
         row = exp._row(row_name)
         seed = int(seed) if seed else None
-        status = _llm_status(run_key(row, seed), exp.seed_dir(row, seed), exp.llm_config(
-            row if seed is None else {**row, "seed": seed}, source=row["name"]))
+        status = _llm_status(run_key(row, seed), exp.seed_dir(row, seed), exp.seed_config(row, seed))
         if status.state == "not started" and run_key(row, seed) in committed:
             status.state, status.detail = "committed", f"from {exp.results_root / 'results.json'}"
         out.append(status)
@@ -71,26 +70,25 @@ def _llm_status(name: str, run: Path, cfg) -> TrainingStatus:
                               rate=s.get("samples_per_s"))
     if not run.exists():
         return TrainingStatus(name, "not started")
-    stages = sorted(run.glob("stage-*"), key=lambda p: int(p.name.split("-")[1]))
+    stages = stage_folders(run)
     folder, stage, stage_cfg = run, "", cfg
-    for k, sub in enumerate(stages, 1):
+    for k, (stage_name, sub) in enumerate(stages, 1):
         if not (sub / "train_summary.json").exists():  # the stage in progress
-            stage_name = sub.name.split("-", 2)[2]
             folder, stage, stage_cfg = sub, f"{k}/{len(stages)} {stage_name}", cfg.for_stage(stage_name)
             break
     status = TrainingStatus(name, "started", stage=stage, cap=stage_cfg.max_steps, detail="no checkpoint yet")
+    # Only the JSON half of the checkpoint (counters, best): its tensors are not needed here.
     state_file = folder / "checkpoint" / "state.json"
     if state_file.exists():
-        state = json.loads(state_file.read_text(encoding="utf-8")).get("state", {})
+        state = read_json(state_file, "checkpoint state", mapping=True).get("state", {})
         status.state, status.detail = "training", ""
         status.step, status.saved = state.get("step"), state_file.stat().st_mtime
         best = state.get("best") or {}
         if best.get("step"):
             status.best = f"{best['score']:.4f} @ {best['step']}"
-    log = folder / "log.jsonl"
-    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    if lines and status.step is not None:
-        status.rate = json.loads(lines[-1]).get("samples_per_s")
+    records = read_log(folder / "log.jsonl")  # a line being written now is skipped, not an error
+    if records and status.step is not None:
+        status.rate = records[-1].get("samples_per_s")
         if status.rate:
             rows_left = (stage_cfg.max_steps - status.step) * stage_cfg.batch_size * stage_cfg.grad_accum
             status.left_s = rows_left / status.rate
