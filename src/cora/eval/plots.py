@@ -53,14 +53,17 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
         whiskers |= yerr is not None
         bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=yerr,
                       capsize=3 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center", color="white")  # clear of the whiskers
+        # Centred (clear of the whiskers) and upright (a narrow bar is narrower than "0.752").
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center", color="white", rotation=90)
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     finite = [v for vs in series.values() for v in vs if v is not None]
     finite += [b for cis in intervals.values() for ci in cis if ci for b in ci if b is not None]
     if finite:
         ax.set_ylim(min(0.45, min(finite) - 0.02), max(finite) + 0.04)
-    ax.legend(fontsize=8, title="whiskers: 95 % user bootstrap" if whiskers else None, title_fontsize=7)
+    # Outside the axes: with many groups a legend inside lands on a bar (or its whisker).
+    ax.legend(fontsize=8, title="whiskers: 95 % user bootstrap" if whiskers else None, title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.005, 1), borderaxespad=0)
 
 
 def _ci(rows: list[dict], metric: str) -> list[list[float] | None]:
@@ -137,7 +140,7 @@ def valid_curves_plot(rows: list[dict], path: str | Path, title: str = "Validati
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("valid AUC")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1), borderaxespad=0)  # clear of the lines
     _save(fig, path)
     return fig
 
