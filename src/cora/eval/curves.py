@@ -63,7 +63,7 @@ def _stage_log(stage: Path) -> Path:
     return stage / "log.jsonl"
 
 
-def curves_table(curves: dict[str, dict], max_columns: int = 12) -> str:
+def curves_table(curves: dict[str, dict], max_columns: int = 20) -> str:
     """Markdown: one line per row, its valid AUC at each validated step (the union of all rows'
     steps, thinned evenly to ``max_columns`` when longer) and its best (step). Rows that have
     not validated yet are left out; empty when none has."""
