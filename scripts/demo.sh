@@ -36,9 +36,10 @@ cora cf train --data "$RUN/data" --model mf --out "$RUN/mf"
 echo "== training CoRA-MF on SmolLM2-135M: $STEPS steps of 8 pairs (CPU budget)"
 if [ ! -f "$RUN/cora-mf/train_summary.json" ]; then
   RESUME=""; [ -f "$RUN/cora-mf/config.yaml" ] && RESUME="--resume"
+  # The reference warm-up (200 steps): with a 20-step one the lr peaked early and the run's outcome
+  # hung on rounding (valid AUC at step 200: 0.704 on one thread, 0.601 on two; 2026-12-04).
   cora train --data "$RUN/data" --cf "$RUN/mf" --method cora --out "$RUN/cora-mf" \
-    --backbone smollm2-135m --max-steps "$STEPS" --warmup-steps 20 --eval-every 100 \
-    --limit-valid 300 $RESUME
+    --backbone smollm2-135m --max-steps "$STEPS" --eval-every 100 --limit-valid 300 $RESUME
 fi
 [ -f "$RUN/icl/config.yaml" ] || cora train --data "$RUN/data" --method icl --out "$RUN/icl" --backbone smollm2-135m
 
