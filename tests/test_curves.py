@@ -36,12 +36,19 @@ def test_stages_join_and_a_reused_stage_reads_its_donor(tmp_path):
     (run / "stage-1-lora" / "train_summary.json").write_text(json.dumps({"reused_from": str(donor)}))
     _log(run / "stage-2-mapping", [{"step": 100, "valid_auc": 0.66}])
     c = run_curve(run)
-    assert c == {"steps": [100, 200, 300], "valid": [0.52, 0.58, 0.66], "loss": [None, None, None], "stage_starts": [(0, "lora"), (200, "mapping")]}
-    fig = valid_curves_plot([{"method": "CoLLM", "curve": c}, {"method": "empty", "curve": run_curve(tmp_path / "x")}],
-                            tmp_path / "curves.png")
-    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "CoLLM"]
-    assert len(lines) == 1 and list(lines[0].get_xdata()) == [100, 200, 300]
+    assert c == {"steps": [100, 200, 300], "valid": [0.52, 0.58, 0.66], "loss": [None, None, None],
+                 "stage_starts": [(0, "lora"), (200, "mapping")], "shared_until": 200}
+    fig = valid_curves_plot([{"method": "TALLRec", "curve": run_curve(donor)}, {"method": "CoLLM", "curve": c},
+                             {"method": "empty", "curve": run_curve(tmp_path / "x")}], tmp_path / "curves.png")
+    xs = {ln.get_label(): list(ln.get_xdata()) for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")}
+    # The shared stage is drawn once, as the donor's line; CoLLM's starts at its last point.
+    assert xs == {"TALLRec": [100, 200], "CoLLM": [200, 300]}
     assert (tmp_path / "curves.png").stat().st_size > 1000
+    # A run that trained its own first stage shares nothing.
+    own = tmp_path / "own"
+    _log(own / "stage-1-lora", [{"step": 100, "valid_auc": 0.5}])
+    _log(own / "stage-2-mapping", [{"step": 100, "valid_auc": 0.6}])
+    assert "shared_until" not in run_curve(own) and run_curve(own)["steps"] == [100, 200]
 
 
 def test_curves_table_lines_up_steps_and_names_the_best():

@@ -32,19 +32,25 @@ def read_log(path: Path) -> list[dict]:
 def run_curve(run: str | Path, metric: str = "auc") -> dict:
     """{"steps": [...], "valid": [...], "loss": [...], "stage_starts": [(step, name), ...]} of one
     run folder; ``loss`` is the mean training loss since the previous validation (a diverging run
-    shows there before its valid AUC falls)."""
+    shows there before its valid AUC falls). A run whose first stages were taken from another run
+    (CoLLM's TALLRec stage) also has ``shared_until``: the step where its own training starts, so
+    a plot can draw the shared part once, with the donor's row."""
     run = Path(run)
     key = f"valid_{metric}"
-    parts = [(name, _stage_log(p)) for name, p in stage_folders(run)] or [("train", run / "log.jsonl")]
-    steps, values, losses, starts, offset = [], [], [], [], 0
-    for name, log in parts:
+    parts = [(name, *_stage_log(p)) for name, p in stage_folders(run)] or [("train", run / "log.jsonl", False)]
+    steps, values, losses, starts, offset, shared_until, leading = [], [], [], [], 0, 0, True
+    for name, log, reused in parts:
         records = [r for r in read_log(log) if key in r]
         starts.append((offset, name))
         steps += [offset + r["step"] for r in records]
         values += [r[key] for r in records]
         losses += [r.get("loss") for r in records]
         offset += records[-1]["step"] if records else 0
-    return {"steps": steps, "valid": values, "loss": losses, "stage_starts": starts if len(parts) > 1 else []}
+        leading = leading and reused
+        if leading:
+            shared_until = offset
+    curve = {"steps": steps, "valid": values, "loss": losses, "stage_starts": starts if len(parts) > 1 else []}
+    return {**curve, "shared_until": shared_until} if shared_until else curve
 
 
 def stage_folders(run: Path) -> list[tuple[str, Path]]:
@@ -54,13 +60,14 @@ def stage_folders(run: Path) -> list[tuple[str, Path]]:
     return [(p.name.split("-", 2)[2], p) for p in stages]
 
 
-def _stage_log(stage: Path) -> Path:
+def _stage_log(stage: Path) -> tuple[Path, bool]:
+    """(the log to read, whether the stage was taken from another run: then its donor's log)."""
     summary = stage / "train_summary.json"
     if summary.exists():
         donor = json.loads(summary.read_text(encoding="utf-8")).get("reused_from")
         if donor:
-            return Path(donor) / "log.jsonl"
-    return stage / "log.jsonl"
+            return Path(donor) / "log.jsonl", True
+    return stage / "log.jsonl", False
 
 
 def curves_table(curves: dict[str, dict], max_columns: int = 20) -> str:

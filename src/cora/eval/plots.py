@@ -132,7 +132,10 @@ def valid_curves_plot(rows: list[dict], path: str | Path, title: str = "Validati
     drawn = [r for r in rows if (r.get("curve") or {}).get("steps")]
     for r, (color, style) in zip(drawn, _line_styles([r.get("label", r["method"]) for r in drawn])):
         c = r["curve"]
-        ax.plot(c["steps"], c["valid"], color=color, ls=style, marker="o", ms=3, lw=1.2,
+        # A stage taken from another run (CoLLM's TALLRec stage) is that run's line: drawn again
+        # here it would hide it, so this line starts at the shared part's last point.
+        shown = [(s, v) for s, v in zip(c["steps"], c["valid"]) if s >= c.get("shared_until", 0)]
+        ax.plot([s for s, _ in shown], [v for _, v in shown], color=color, ls=style, marker="o", ms=3, lw=1.2,
                 label=r.get("label", r["method"]))
         for step, _ in c.get("stage_starts", [])[1:]:
             ax.axvline(step, color=color, lw=0.6, ls=":")
