@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from cora.errors import CoraError
+from cora.io import read_json
 
 
 def read_log(path: Path) -> list[dict]:
@@ -64,7 +65,7 @@ def _stage_log(stage: Path) -> tuple[Path, bool]:
     """(the log to read, whether the stage was taken from another run: then its donor's log)."""
     summary = stage / "train_summary.json"
     if summary.exists():
-        donor = json.loads(summary.read_text(encoding="utf-8")).get("reused_from")
+        donor = read_json(summary, "stage summary", mapping=True).get("reused_from")
         if donor:
             return Path(donor) / "log.jsonl", True
     return stage / "log.jsonl", False
