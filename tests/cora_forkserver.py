@@ -18,7 +18,7 @@ import sys
 
 import cora.cf.train  # noqa: F401  (the imports are the point: children start with them done)
 import cora.cli
-import cora.train.experiment  # noqa: F401
+import cora.experiment.command  # noqa: F401
 import cora.train.run  # noqa: F401
 
 

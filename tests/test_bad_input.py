@@ -25,7 +25,7 @@ from cora.config import CFConfig, LLMConfig
 from cora.data.store import write_dataset
 from cora.errors import CoraError
 from cora.ranges import RANGES, check_value
-from cora.train.experiment import Experiment
+from cora.experiment.spec import Experiment
 from cora.train.run import evaluate_run, train_run
 
 from helpers import main_in_process, run_cli, synthetic_splits
@@ -451,22 +451,18 @@ def test_values_are_converted_where_that_is_safe():
     assert cfg.lr == 2e-4 and cfg.max_length is None
 
 
-def test_mirrored_choices_agree_with_their_modules():
-    """cora.ranges spells out choices so configs are checked without importing torch."""
-    from cora import ranges
-    from cora.config import CF_DEFAULTS
+def test_choices_are_spelled_once_and_their_modules_implement_exactly_them():
+    """cora.config spells each setting's choices (configs are checked without importing torch);
+    the modules that implement them cover exactly those choices."""
+    from cora import config
     from cora.llm.backbone import DTYPES
     from cora.llm.lowrank import MODULE_LETTERS
-    from cora.methods import METHODS
-    from cora.methods.cora import INPUT_NORMS
-    from cora.methods.prompt4nr import LAYOUTS
+    from cora.methods import METHOD_NAMES, method_classes
 
-    assert set(ranges.METHODS) == set(METHODS)
-    assert set(ranges.CF_MODELS) == set(CF_DEFAULTS)
-    assert set(ranges.DTYPES) == set(DTYPES)
-    assert set(ranges.MODULE_LETTERS) == set(MODULE_LETTERS)
-    assert set(ranges.INPUT_NORMS) == set(INPUT_NORMS)
-    assert set(ranges.SOFT_PROMPTS) == set(LAYOUTS)
+    assert RANGES["LLMConfig"]["method"].choices == METHOD_NAMES == tuple(method_classes())
+    assert set(config.CF_MODELS) == set(config.CF_DEFAULTS)
+    assert set(config.DTYPES) == set(DTYPES)
+    assert set(config.MODULE_LETTERS) == set(MODULE_LETTERS)
 
 
 # ----------------------------------------------------------------------------- what a failure leaves
@@ -488,13 +484,13 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(root, tmp_p
 def test_a_run_that_fails_mid_training_keeps_its_checkpoint(root, tmp_path, monkeypatch):
     import cora.train.loop as loop_module
 
-    real = loop_module.save_checkpoint
+    real = loop_module.save_loop
 
     def save_then_fail(*a, **k):
         real(*a, **k)
         raise RuntimeError("the machine went away")
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_fail)
+    monkeypatch.setattr(loop_module, "save_loop", save_then_fail)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
         train_run(tiny_config(root), out, show_progress=False)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cora.data.prompts import build_prompt
+from cora.data.prompts import COLLM_TEMPLATE, build_prompt
 from cora.errors import CoraError
 from cora.llm.slots import tokenize_with_slots
 from cora.methods.binllm import bits_to_text, cf_embeddings, fit_binariser, text_to_bits
-from cora.methods.collm import COLLM_TEMPLATE, SLOT_MARKER
+from cora.methods.slots import SLOT_MARKER
 from cora.train.run import build_method, evaluate_run, load_run, train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
@@ -208,7 +208,7 @@ def test_collm_resume_inside_stage_two(root, tmp_path, monkeypatch):
     train_run(cfg, full, show_progress=False)
     from cora.train import loop
 
-    real, calls = loop.save_checkpoint, {"n": 0}
+    real, calls = loop.save_loop, {"n": 0}
 
     def save_then_die(*args, **kwargs):
         real(*args, **kwargs)
@@ -216,11 +216,11 @@ def test_collm_resume_inside_stage_two(root, tmp_path, monkeypatch):
         if calls["n"] == 3:  # stage 1 checkpoints at steps 2 and 4; this is stage 2's step 2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_loop", save_then_die)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, killed, show_progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real)
+    monkeypatch.setattr(loop, "save_loop", real)
     assert (killed / "stage-1-lora" / "train_summary.json").exists()
     assert not (killed / "train_summary.json").exists()
     train_run(cfg, killed, resume=True, show_progress=False)

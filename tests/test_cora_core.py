@@ -143,7 +143,7 @@ def test_save_load_and_resume(root, tmp_path, monkeypatch):
     from cora.train import loop
 
     killed = tmp_path / "killed"
-    real = loop.save_checkpoint
+    real = loop.save_loop
     calls = {"n": 0}
 
     def save_then_die(*args, **kwargs):
@@ -152,10 +152,10 @@ def test_save_load_and_resume(root, tmp_path, monkeypatch):
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_loop", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, killed, show_progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real)
+    monkeypatch.setattr(loop, "save_loop", real)
     with pytest.raises(CoraError, match="--resume"):
         train_run(cfg, killed, show_progress=False)
     # The checkpoint holds the training time so far; a resumed run adds to it (here: pretend the

@@ -199,7 +199,7 @@ def check_cora(args: list[str], where: str) -> list[str]:
 
 def check_files(words: list[str], where: str) -> None:
     """Paths of this repository a command names exist; experiment files load; script options exist."""
-    from cora.train.experiment import Experiment
+    from cora.experiment.spec import Experiment
 
     for word in words:
         m = REPO_PATH.match(word)

@@ -14,7 +14,8 @@ import yaml
 from cora.config import CFConfig
 from cora.errors import CoraError
 from cora.eval.plots import bar_count, modules_plot, text_vs_id_plot, warm_cold_plot
-from cora.train.experiment import Experiment, run_experiment
+from cora.experiment.execute import run_experiment
+from cora.experiment.spec import Experiment
 
 from llm_fixtures import tiny_backbone_folder, tiny_dataset
 from helpers import run_cli
@@ -156,7 +157,7 @@ def test_report_only_lists_unfinished_rows(tmp_path):
     d = tiny_experiment(tmp_path)
     d["rows"] = d["rows"][:1]
     exp = Experiment.load(write_yaml(tmp_path / "e.yaml", d))
-    from cora.train.experiment import write_results
+    from cora.experiment.results import write_results
 
     assert write_results(exp)["missing"] == ["MF"]
     assert "Not finished: MF" in (tmp_path / "exp" / "results.md").read_text()
@@ -170,7 +171,7 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
 
     import pandas as pd
 
-    from cora.train.experiment import write_results
+    from cora.experiment.results import write_results
 
     d = tiny_experiment(tmp_path, results=str(tmp_path / "results"), plots=["valid_curves"])
     d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "CoRA-MF", "method": "cora", "cf": "mf", "seeds": [1, 2]}]
@@ -246,14 +247,14 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     assert results["missing"] == [] and results["rows"][0]["carried"] is True
     # A donor's run folder brought back as records only (no weights, as scripts/gpu_table.sh packs
     # it) is no donor: the kept stage is.
-    from cora.train.experiment import _donor_dir
+    from cora.experiment.execute import donor_dir
 
     exp = Experiment.load(cfg)
     records = tmp_path / "exp" / "tallrec"
     records.mkdir()
     for f in ("config.yaml", "train_summary.json"):
         shutil.copyfile(kept / f, records / f)
-    assert _donor_dir(exp, exp._row("TALLRec"), None) == kept
+    assert donor_dir(exp, exp.plan.training("TALLRec")) == kept
     shutil.rmtree(records)
 
     # Seed 1 finished on a machine, seed 2 not yet: the row waits, seed 1 is kept for the next.
@@ -263,7 +264,7 @@ def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_pat
     (tmp_path / "results" / "results.json").write_text(json.dumps(saved))
     (tmp_path / "results" / "predictions" / "CoLLM-MF-seed2.parquet").unlink()
     shutil.rmtree(tmp_path / "exp")
-    from cora.train.experiment import write_results
+    from cora.experiment.results import write_results
 
     partial = write_results(Experiment.load(cfg))
     assert partial["missing"] == ["CoLLM-MF"] and "CoLLM-MF seed 1" in partial["runs"]
@@ -454,7 +455,7 @@ def test_results_can_go_to_their_own_folder(tmp_path):
 def test_parallel_jobs_plan_dependencies_and_match_the_sequential_run(tmp_path):
     """--jobs N: every training a task (CF models, each seed), started after its CF model and its
     stage donor; the results equal a sequential run's bit for bit (same run folders, same code)."""
-    from cora.train.parallel import parse_task, plan
+    from cora.experiment.parallel import parse_task, plan_tasks as plan
 
     d = tiny_experiment(tmp_path, plots=[], reference="MF")
     d["rows"] = [{"name": "MF", "cf": "mf"}, {"name": "TALLRec", "method": "tallrec"},

@@ -2,8 +2,9 @@
 
 The toy method below is the one the doc shows (a test checks the doc's code block is this class's
 source, so the two cannot drift apart): the frozen LLM's Yes logit plus one trained bias. It is
-registered the way the doc says (METHODS, the ranges table's method choices, LLM_DEFAULTS),
-trained 2 steps through ``train_run`` on the tiny fixtures, evaluated, and removed again.
+registered the way the doc says (its line in the method registry, the ranges table's method
+choices, LLM_DEFAULTS), trained 2 steps through ``train_run`` on the tiny fixtures, evaluated, and
+removed again. The registry's own tests are here too: it agrees with every class, imports no torch.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import cora.methods
 from cora import ranges
 from cora.config import LLM_DEFAULTS, LLMConfig
 from cora.errors import CoraError
-from cora.methods import METHODS, LLMMethod
+from cora.methods import METHOD_NAMES, REGISTRY, MethodSpec, method_class, method_classes
+from cora.methods.base import LLMMethod
 from cora.train.checkpoint import load_tensors
 from cora.train.run import evaluate_run, load_run, train_run
 
-from llm_fixtures import tiny_backbone_folder, tiny_cf_run, tiny_config, tiny_dataset
+from llm_fixtures import tiny_backbone_folder, tiny_config, tiny_dataset
 from tiny_models import make_tokenizer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -44,18 +49,20 @@ class YesBias(LLMMethod):
 
 
 @contextlib.contextmanager
-def registered(cls, reference_settings: dict):
-    """What the doc's file edits do, for the duration of a with-block: the class in METHODS
-    (src/cora/methods/__init__.py), its name among the allowed methods (src/cora/ranges.py) and
-    its reference settings in LLM_DEFAULTS (src/cora/config.py)."""
-    spec = ranges.RANGES["LLMConfig"]["method"]
-    METHODS[cls.name] = cls
+def registered(cls, reference_settings: dict, **kind):
+    """What the doc's file edits do, for the duration of a with-block: the method's registry line
+    (src/cora/methods/__init__.py; ``kind``: uses_cf, stages), its name among the allowed methods
+    (the ranges table) and its reference settings in LLM_DEFAULTS (src/cora/config.py)."""
+    spec, names = ranges.RANGES["LLMConfig"]["method"], cora.methods.METHOD_NAMES
+    REGISTRY[cls.name] = MethodSpec(cls.name, f"{cls.__module__}:{cls.__qualname__}", **kind)
+    cora.methods.METHOD_NAMES = (*names, cls.name)
     ranges.RANGES["LLMConfig"]["method"] = ranges.Choice(*spec.choices, cls.name)
     LLM_DEFAULTS[cls.name] = reference_settings
     try:
         yield
     finally:
-        del METHODS[cls.name], LLM_DEFAULTS[cls.name]
+        del REGISTRY[cls.name], LLM_DEFAULTS[cls.name]
+        cora.methods.METHOD_NAMES = names
         ranges.RANGES["LLMConfig"]["method"] = spec
 
 
@@ -98,9 +105,35 @@ def test_a_new_method_registered_trains_two_steps_evaluates_and_is_removed(root)
         icl = root / "icl"
         train_run(LLMConfig.for_method({**fields, "method": "icl"}), icl, show_progress=False)
         assert metrics["auc"] == pytest.approx(evaluate_run(icl, "test", show_progress=False)["auc"], abs=1e-3)
-    assert "yesbias" not in METHODS and "yesbias" not in LLM_DEFAULTS
+    assert "yesbias" not in REGISTRY and "yesbias" not in cora.methods.METHOD_NAMES
+    assert "yesbias" not in method_classes() and "yesbias" not in LLM_DEFAULTS
     with pytest.raises(CoraError, match="method"):
         LLMConfig(method="yesbias")
+
+
+def test_the_registry_agrees_with_every_class():
+    """Each registry line (known without importing the method) says what its class says."""
+    assert METHOD_NAMES == ("cora", "icl", "prompt4nr", "tallrec", "personprompt", "collm", "binllm")
+    assert tuple(method_classes()) == METHOD_NAMES == tuple(REGISTRY)
+    for name, spec in REGISTRY.items():
+        cls = method_class(name)
+        assert issubclass(cls, LLMMethod) and cls.name == spec.name == name
+        assert cls.uses_cf == spec.uses_cf, name
+        assert cls.stage_names == spec.stages, name
+    with pytest.raises(CoraError, match="unknown method 'nope' \\(choose from binllm, collm, cora, icl"):
+        method_class("nope")
+
+
+def test_the_registry_imports_no_torch_and_no_method_imports_another():
+    code = ("import sys, cora.methods; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert not [m for m in sys.modules if m.startswith('cora.methods.')], 'a method imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    source = Path(cora.methods.__file__).parent
+    methods = {spec.where.split(":")[0].rsplit(".", 1)[-1] for spec in REGISTRY.values()}
+    for name in methods:
+        imported = set(re.findall(r"^\s*(?:from|import) cora\.methods\.(\w+)", (source / f"{name}.py").read_text(),
+                                  flags=re.M))
+        assert not imported & methods, f"methods/{name}.py imports method module(s) {sorted(imported & methods)}"
 
 
 def _tiny(cls, config_cls, **kw):

@@ -12,7 +12,7 @@ import torch
 from cora.config import LLM_DEFAULTS, NEW_RUN_DEFAULTS, LLMConfig, method_defaults
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping
-from cora.methods import METHODS
+from cora.methods import METHOD_NAMES as METHODS
 from cora.train.run import build_method, train_run
 from cora.train.schedule import warmup_cosine
 

@@ -14,7 +14,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from cora.errors import CoraError
+from cora.config import CFConfig, LLMConfig
+from cora.errors import CoraError, one_line
+from cora.options import config_options, spelled_flags
 from cora.ranges import check_flags, check_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CoRA: collaborative LoRA recommenders.")
@@ -148,29 +150,20 @@ def data_info(root: Path = typer.Argument(..., help="Dataset folder.")) -> None:
 
 # ----------------------------------------------------------------------------- cf
 @cf_app.command("train")
+@config_options(CFConfig, skip=("model", "data"))
 def cf_train(
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     model: str = typer.Option("mf", "--model", help="mf | lightgcn | sasrec"),
     out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the paper's for the model)."),
-    wd: Optional[float] = typer.Option(None, help="L2 weight decay (default: the paper's)."),
-    dim: Optional[int] = typer.Option(None, help="Embedding size (default 256)."),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-AUC gain."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
-    sas_block: Optional[str] = typer.Option(None, "--sas-block",
-                                            help="SASRec block: reference (default; the reference code's) | preln."),
     resume: bool = typer.Option(True, help="Resume an interrupted run in --out (default on)."),
+    settings: dict = None,
 ) -> None:
-    """Train a CF model with early stopping on full-valid AUC; writes a run folder."""
+    """Train a CF model with early stopping on full-valid AUC; writes a run folder. A setting not
+    given takes the paper's for the model (shown per model)."""
     from cora.cf.train import train_cf
-    from cora.config import CFConfig
 
-    flags = dict(epochs=epochs, lr=lr, weight_decay=wd, dim=dim, patience=patience, batch_size=batch_size,
-                 seed=seed, sas_block=sas_block)
-    check_flags("CFConfig", flags, spelled={"weight_decay": "--wd"})
-    overrides = {k: v for k, v in flags.items() if v is not None}
+    check_flags("CFConfig", settings, spelled=spelled_flags(CFConfig))
+    overrides = {k: v for k, v in settings.items() if v is not None}
     cfg = CFConfig.for_model(model, source="--model", data=str(data), **overrides)
     metrics = train_cf(cfg, out, resume=resume)
     _print_metrics(metrics, title=f"{model} -> {out}")
@@ -196,46 +189,9 @@ def cf_evaluate(
 
 # ----------------------------------------------------------------------------- LLM methods
 @app.command("train")
+@config_options(LLMConfig)
 def train_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
-    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run folder (CoRA, CoLLM, BinLLM)."),
-    method: Optional[str] = typer.Option(None, "--method", help="cora | icl | prompt4nr | tallrec | personprompt | collm | binllm"),
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    backbone: Optional[str] = typer.Option(None, help="smollm2-135m (default), a HF folder, a .gguf file or a hub id."),
-    modules: Optional[str] = typer.Option(None, help="Adapted modules: qkvo (default), qkvof, qkv, qko, qk."),
-    rank: Optional[int] = typer.Option(None, help="Rank r of the collaborative weights (16)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per step (8)."),
-    bucket_window: Optional[int] = typer.Option(None, "--bucket-window",
-                                                help="Length bucketing: sort by length within N batches (32; 1 = off)."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (1)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1e-3)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps budget (2000)."),
-    lr_horizon: Optional[int] = typer.Option(None, "--lr-horizon", help="Steps the cosine decay spans, independent "
-                                             "of --max-steps (default: the reference's, per method)."),
-    alpha: Optional[float] = typer.Option(None, help="Scale numerator of the collaborative weights (s = alpha / r)."),
-    input_norm: Optional[str] = typer.Option(None, "--input-norm", help="CoRA: none (paper) | zscore | layernorm: normalise "
-                                             "each CF embedding before the generator."),
-    soft_prompt: Optional[str] = typer.Option(None, "--soft-prompt", help="Prompt4NR: slots (CoLLM's code, default) "
-                                              "| prefix (vectors after BOS on the plain prompt)."),
-    calibrate_logit: Optional[bool] = typer.Option(None, "--calibrate-logit/--raw-logit",
-                                                   help="Subtract the mean initial Yes logit (default) or feed "
-                                                        "the raw Yes logit to BCE (the reference)."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Validate every N steps (100)."),
-    patience: Optional[int] = typer.Option(None, help="Stop after N validations without gain (20)."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (200)."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use N random training rows."),
-    limit_valid: Optional[int] = typer.Option(None, "--limit-valid", help="Validate on ~N rows of whole users."),
-    max_titles: Optional[int] = typer.Option(None, "--max-titles", help="History titles in the prompt (10)."),
-    no_titles: Optional[bool] = typer.Option(None, "--no-titles/--titles", help="ID-only prompt ablation."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (backbone compute dtype)."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
-    seed: Optional[int] = typer.Option(None, help="Random seed (42)."),
-    soft_tokens: Optional[int] = typer.Option(None, "--soft-tokens", help="Prompt4NR: soft-prompt length (10)."),
-    prompt_lora: Optional[bool] = typer.Option(None, "--prompt-lora/--no-prompt-lora",
-                                               help="Prompt4NR / PersonPrompt: also tune a standard LoRA."),
-    binllm_bits: Optional[int] = typer.Option(None, "--binllm-bits", help="BinLLM: bits per code (32)."),
-    binllm_dot_decimal: Optional[bool] = typer.Option(None, "--binllm-dot-decimal/--binllm-binary",
-                                                      help="BinLLM: codes as 8-bit numbers joined by '.' (off)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override its fields."),
     stage_from: list[str] = typer.Option([], "--stage-from", metavar="STAGE=RUN",
                                          help="Take a stage from a finished run instead of training it "
@@ -244,26 +200,19 @@ def train_cmd(
     keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
                                          help="Keep checkpoint/ (last weights + optimizer state) when the run "
                                               "finishes; by default a finished run deletes it."),
+    settings: dict = None,
 ) -> None:
-    """Train an LLM method (CoRA by default) with the one training loop; writes a run folder."""
-    from cora.config import LLMConfig
-    from cora.train.run import train_run
-
+    """Train an LLM method (CoRA by default) with the one training loop; writes a run folder.
+    Every setting below is a field of the run's config.yaml; a flag not given takes the method's
+    reference setting (shown per method), or the --config file's."""
     from cora.io import read_yaml_mapping
+    from cora.train.run import train_run
 
     # A partial --config gets the method's reference settings for what it leaves out; a run's own
     # config.yaml names every field, so it rebuilds that run exactly.
     base = read_yaml_mapping(config, "config") if config else {}
-    flags = dict(data=data, cf=cf, method=method, backbone=backbone, modules=modules, rank=rank,
-                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps, eval_every=eval_every,
-                 patience=patience, warmup_steps=warmup_steps, limit_train=limit_train, limit_valid=limit_valid,
-                 max_titles=max_titles, no_titles=no_titles, dtype=dtype, device=device, seed=seed)
-    flags.update(soft_tokens=soft_tokens, prompt_lora=prompt_lora, bucket_window=bucket_window,
-                 lr_horizon=lr_horizon, input_norm=input_norm, soft_prompt=soft_prompt,
-                 calibrate_logit=calibrate_logit, alpha=alpha)
-    flags.update(binllm_bits=binllm_bits, binllm_dot_decimal=binllm_dot_decimal)
-    check_flags("LLMConfig", flags)  # a bad flag is named as typed, before the --config merge
-    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+    check_flags("LLMConfig", settings, spelled=spelled_flags(LLMConfig))  # named as typed, before the merge
+    base.update({k: v for k, v in settings.items() if v is not None})
     cfg = LLMConfig.for_method(base, source=str(config or "flags"))
     if not cfg.data:
         raise CoraError("--data is required (or a 'data' field in --config)")
@@ -358,39 +307,10 @@ def experiment_cmd(
     results.md, results.json (every AUC / UAUC with a 95 % user-bootstrap interval, each row's
     difference to the YAML's `reference:` row, `seeds:` rows as mean and sd over seeds), the plots
     and predictions/ (each row's test predictions: 'cora report --predictions OUT/predictions')."""
-    from cora.train.experiment import Experiment, run_experiment, write_results
+    from cora.experiment.command import run_command
 
-    exp = Experiment.load(config)
-    exp.place(device, tf32)
-    if status:
-        from cora.train.status import experiment_status, status_table
-
-        console.print(status_table(experiment_status(exp, only)))
-        return
-    states: dict[str, str] = {}
-    if task is not None:
-        from cora.train.parallel import run_task
-
-        run_task(exp, task)
-        return
-    if jobs > 1 and not report_only:
-        from cora.train.experiment import _ensure_data
-        from cora.train.parallel import run_parallel
-
-        _ensure_data(exp)  # once, before the workers start
-        placement = (["--device", device] if device else []) + (["--tf32"] if tf32 else [])
-        states = run_parallel(exp, config, jobs, only, deadline_min * 60 if deadline_min else None, placement)
-        console.print("  ".join(f"{name}: {state}" for name, state in states.items()))
-        report_only = True
-    elif deadline_min is not None:
-        raise CoraError("--deadline-min needs --jobs N (N > 1)")
-    results = write_results(exp) if report_only else run_experiment(exp, only)
-    console.print((exp.results_root / "results.md").read_text())
-    if results["missing"]:
-        console.print(f"[yellow]not finished:[/] {', '.join(results['missing'])}")
-    # As the sequential loop: the results of what finished are written, then a failure is an error.
-    if failed := [name for name, state in states.items() if state == "failed"]:
-        raise CoraError(f"{len(failed)} training(s) failed ({', '.join(failed)}); see their logs in {exp.out}/logs/")
+    run_command(config, only=only, report_only=report_only, device=device, tf32=tf32, jobs=jobs,
+                deadline_min=deadline_min, status=status, task=task)
 
 
 @app.command("report")
@@ -619,10 +539,11 @@ def _click_classes(name: str) -> tuple[type, ...]:
 
 
 def _one_line(text: object) -> str:
-    """A message as one line, its brackets escaped (rows[0], [lora] are text, not rich markup)."""
+    """A message as one line (whole: the CLI shows what it is given), its brackets escaped
+    (rows[0], [lora] are text, not rich markup)."""
     from rich.markup import escape
 
-    return escape(" ".join(part.strip() for part in str(text).splitlines() if part.strip()))
+    return escape(one_line(text, limit=None))
 
 
 def main() -> None:

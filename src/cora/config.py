@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping, write_yaml
-from cora.ranges import check_fields
+from cora.methods import METHOD_NAMES
+from cora.ranges import SEED_MAX, Choice, Float, Int, Spec, check_fields, declare, fields_of_kind, setting
 
 
 class _YamlConfig:
@@ -55,30 +56,51 @@ CF_DEFAULTS: dict[str, dict[str, Any]] = {
     "sasrec": {"lr": 1e-2, "weight_decay": 1e-4, "init_std": 1.0, "batch_size": 10240, "sas_block": "reference"},
 }
 
+# Choices of settings, spelled here once; the modules that implement them import them from here
+# (so configs are checked without importing torch).
+CF_MODELS = tuple(CF_DEFAULTS)
+SAS_BLOCKS = ("reference", "preln")  # cora.cf.models.SASRec
+DTYPES = ("fp32", "bf16", "fp16")  # cora.llm.backbone maps each to a torch dtype
+MODULE_LETTERS = "qkvof"  # cora.llm.lowrank.MODULE_LETTERS maps each to projection names
+INPUT_NORMS = ("none", "zscore", "layernorm")  # cora.methods.cora
+SOFT_PROMPTS = ("slots", "prefix")  # cora.methods.prompt4nr
+SELECTION_METRICS = ("auc", "uauc")  # cora.train.loop.selection_score
 
+# Settings with the same name mean the same thing in CFConfig and LLMConfig.
+_SEED = Int(0, SEED_MAX)
+_LR = Float(0, 1, lo_open=True)
+_DROPOUT = Float(0, 1, hi_open=True)  # 1 would drop everything
+_FRACTION = Float(0, 1)
+_POSITIVE = Int(1)
+_STR, _OPT_STR, _BOOL, _DICT = Spec(str), Spec(str, optional=True), Spec(bool), Spec(dict)
+
+
+@declare
 @dataclass
 class CFConfig(_YamlConfig):
-    model: str = "mf"
-    data: str = ""
-    dim: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    epochs: int = 1000
-    patience: int = 20
-    seed: int = 2023
-    init_std: float = 0.1
-    # LightGCN
-    gcn_layers: int = 2
+    """One CF run (MF, LightGCN, SASRec). Per-model defaults: :data:`CF_DEFAULTS`."""
+
+    model: str = setting("mf", Choice(*CF_MODELS), "CF model: " + " | ".join(CF_MODELS) + ".")
+    data: str = setting("", _STR, "Dataset folder.")
+    dim: int = setting(256, _POSITIVE, "Embedding size.")
+    lr: float = setting(1e-3, _LR, "Learning rate (Adam).")
+    weight_decay: float = setting(1e-4, _FRACTION, "L2 weight decay.", flag="--wd")
+    batch_size: int = setting(1024, _POSITIVE, "Batch size.")
+    epochs: int = setting(1000, _POSITIVE, "Maximum epochs.")
+    patience: int = setting(20, _POSITIVE, "Stop after this many epochs without valid-AUC gain.")
+    seed: int = setting(2023, _SEED, "Random seed.")
+    init_std: float = setting(0.1, Float(0, lo_open=True), "Std of the normal initialisation of the embeddings.")
+    # LightGCN; 0 layers: the embeddings as they are (plain MF)
+    gcn_layers: int = setting(2, Int(0), "LightGCN: propagation layers.")
     # SASRec
-    max_len: int = 25
-    sas_blocks: int = 2
-    sas_heads: int = 1
-    sas_dropout: float = 0.2
-    # SASRec block (cf/models.py): "reference" (the reference code's block; new runs, via
-    # CF_DEFAULTS) or "preln" (textbook pre-LN; the value a config.yaml without this field means)
-    sas_block: str = "preln"
-    extra: dict = field(default_factory=dict)
+    max_len: int = setting(25, _POSITIVE, "SASRec: history length.")
+    sas_blocks: int = setting(2, _POSITIVE, "SASRec: transformer blocks.")
+    sas_heads: int = setting(1, _POSITIVE, "SASRec: attention heads.")
+    sas_dropout: float = setting(0.2, _DROPOUT, "SASRec: dropout.")
+    # "reference" (the reference code's block; new runs, via CF_DEFAULTS) or "preln" (textbook
+    # pre-LN; the value a config.yaml without this field means)
+    sas_block: str = setting("preln", Choice(*SAS_BLOCKS), "SASRec block: reference (the reference code's) | preln.")
+    extra: dict = setting(spec=_DICT, help="Free-form notes kept with the run.", factory=dict)
 
     @classmethod
     def for_model(cls, model: str, source: str = "CF config", **overrides) -> "CFConfig":
@@ -88,97 +110,116 @@ class CFConfig(_YamlConfig):
         return cls.from_dict({"model": model, **CF_DEFAULTS[model], **overrides}, source=source)
 
 
+@declare
 @dataclass
 class LLMConfig(_YamlConfig):
-    """One LLM run: data, method, backbone, adapter, generator and training-loop settings."""
+    """One LLM run: data, method, backbone, adapter, generator and training-loop settings. Each
+    field's default is what an older config.yaml without it means; new runs get their method's
+    reference settings over it (:data:`LLM_DEFAULTS`)."""
 
-    data: str = ""
-    method: str = "cora"
-    cf: str | None = None  # CF run folder (CoRA, CoLLM, BinLLM)
-    backbone: str = "smollm2-135m"
-    dtype: str = "fp32"
-    device: str = "cpu"
-    # CUDA only: fp32 matrix products on TF32 tensor cores (10-bit mantissa inputs, fp32 sums and
-    # weights): ~7x plain fp32's peak on an H200 by its datasheet, far closer to fp32 than bf16.
-    # Off by default (torch's default); recorded in config.yaml. Ignored on a CPU.
-    tf32: bool = False
+    data: str = setting("", _STR, "Dataset folder.")
+    method: str = setting("cora", Choice(*METHOD_NAMES), "LLM method: " + " | ".join(METHOD_NAMES) + ".",
+                          kind="method")
+    cf: str | None = setting(None, _OPT_STR, "CF run folder (CoRA, CoLLM, BinLLM).", kind="method")
+    backbone: str = setting("smollm2-135m", _STR, "smollm2-135m (the offline default), a HF folder, a .gguf file "
+                            "or a hub id.")
+    dtype: str = setting("fp32", Choice(*DTYPES), "Backbone compute dtype: " + " | ".join(DTYPES) + ".")
+    device: str = setting("cpu", Spec(str, pattern=r"cpu|auto|cuda(:\d+)?", shown="one of cpu, cuda, cuda:N, auto"),
+                          "cpu | cuda | cuda:N | auto.", kind="placement")
+    # fp32 matrix products on TF32 tensor cores (10-bit mantissa inputs, fp32 sums and weights):
+    # ~7x plain fp32's peak on an H200 by its datasheet, far closer to fp32 than bf16. Off by
+    # default (torch's default). Ignored on a CPU.
+    tf32: bool = setting(False, _BOOL, "CUDA only: fp32 matrix products on TF32 tensor cores (recorded).",
+                         kind="placement")
     # prompt
-    max_titles: int = 10
-    no_titles: bool = False  # ID-only ablation: no history titles in the prompt
-    max_length: int | None = None
+    max_titles: int = setting(10, Int(0), "History titles in the prompt.")
+    no_titles: bool = setting(False, _BOOL, "ID-only ablation: no history titles in the prompt.",
+                              flag="--no-titles/--titles")
+    max_length: int | None = setting(None, Int(2, optional=True), "Truncate prompts to N tokens (BOS + at least one).")
     # Subtract the mean initial Yes logit on training prompts from every score (see
     # LLMMethod.logit_offset; a constant, so rankings and AUC are unchanged). False = raw logit.
-    calibrate_logit: bool = True
+    calibrate_logit: bool = setting(True, _BOOL, "Subtract the mean initial Yes logit or feed the raw Yes logit to "
+                                    "BCE (the reference).", flag="--calibrate-logit/--raw-logit")
     # CoRA adapter and generator (DESIGN sec. 4 / 7)
-    modules: str = "qkvo"
-    rank: int = 16
-    alpha: float = 32.0
-    lora_dropout: float = 0.05
-    gen_queries: int = 4
-    gen_layers: int | None = None  # None: 8 (paper) for d_model >= 2048, else 2 (small backbones)
-    gen_heads: int = 8
-    gen_ffn: int | None = None  # None: 3072 (paper) for d_model >= 2048, else 1024
-    gen_dropout: float = 0.1
+    modules: str = setting("qkvo", Spec(str, letters=MODULE_LETTERS), "CoRA: adapted modules, letters of "
+                           f"{MODULE_LETTERS} (f = the MLP): qkvo, qkvof, qkv, qko, qk.", kind="method")
+    rank: int = setting(16, _POSITIVE, "CoRA: rank r of the collaborative weights.", kind="method")
+    alpha: float = setting(32.0, Float(0, lo_open=True), "CoRA: scale numerator of the collaborative weights "
+                           "(s = alpha / r).", kind="method")
+    lora_dropout: float = setting(0.05, _DROPOUT, "Dropout on the low-rank path (CoRA and the peft LoRA).")
+    gen_queries: int = setting(4, _POSITIVE, "CoRA generator: query embeddings.", kind="method")
+    gen_layers: int | None = setting(None, Int(1, optional=True), "CoRA generator: layers (none: 8 (the paper) for "
+                                     "d_model >= 2048, else 2).", kind="method")
+    gen_heads: int = setting(8, _POSITIVE, "CoRA generator: attention heads.", kind="method")
+    gen_ffn: int | None = setting(None, Int(1, optional=True), "CoRA generator: feed-forward size (none: 3072 (the "
+                                  "paper) for d_model >= 2048, else 1024).", kind="method")
+    gen_dropout: float = setting(0.1, _DROPOUT, "CoRA generator: dropout.", kind="method")
     # Standard LoRA of the baselines (TALLRec, CoLLM stage 1, BinLLM; peft), CoLLM's settings:
     # r 8, alpha 16, q and v projections; its dropout is lora_dropout above (0.05).
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "qv"  # module letters, as --modules
+    lora_rank: int = setting(8, _POSITIVE, "Baselines' peft LoRA: rank.")
+    lora_alpha: float = setting(16.0, Float(0, lo_open=True), "Baselines' peft LoRA: alpha.")
+    lora_targets: str = setting("qv", Spec(str, letters=MODULE_LETTERS), "Baselines' peft LoRA: module letters, "
+                                "as --modules.")
     # CoLLM: a two-layer MLP maps CF embeddings to input embeddings (None: 10 x CF dim, as CoLLM)
-    collm_mlp_hidden: int | None = None
+    collm_mlp_hidden: int | None = setting(None, Int(1, optional=True), "CoLLM: hidden size of the mapping MLP "
+                                           "(none: 10 x CF dim).", kind="method")
     # BinLLM: CF embeddings binarised and written into the prompt as text
-    binllm_bits: int = 32
-    binllm_dot_decimal: bool = False  # each 8 bits as a number 0-255 joined by "." (BinLLM's "ipv4")
-    binllm_text_stage: bool = True  # first tune LoRA on the text-only prompt (BinLLM's step 1)
+    binllm_bits: int = setting(32, Int(1, 1024), "BinLLM: bits per code.", kind="method")
+    binllm_dot_decimal: bool = setting(False, _BOOL, "BinLLM: codes as 8-bit numbers joined by '.' (BinLLM's "
+                                       "'ipv4').", kind="method", flag="--binllm-dot-decimal/--binllm-binary")
+    binllm_text_stage: bool = setting(True, _BOOL, "BinLLM: first tune LoRA on the text-only prompt (BinLLM's "
+                                      "step 1).", kind="method")
     # Prompt4NR / PersonPrompt (methods/prompt4nr.py, personprompt.py)
-    soft_tokens: int = 10  # Prompt4NR's soft-prompt length (the paper gives none; CoLLM's code: 3 + 3)
-    prompt_lora: bool = False  # Prompt4NR / PersonPrompt also tune the standard LoRA above (CoLLM's soft prompt does)
-    # Prompt4NR's soft prompt: "slots" (CoLLM's soft-prompt code: ``soft_tokens`` vectors at each of
-    # the ``<UserID>`` / ``<TargetItemID>`` slots of its own prompt; new runs, via LLM_DEFAULTS) or
-    # "prefix" (``soft_tokens`` vectors after BOS on the plain prompt; what a config.yaml without
-    # this field means)
-    soft_prompt: str = "prefix"
-    # CoRA: optional normalisation of the pair embedding before the generator: "none" (the paper's),
-    # "zscore" (each dimension standardised with its mean / std over the training pairs) or
-    # "layernorm" (each of the user / item vectors to zero mean, unit variance over its dims).
-    input_norm: str = "none"
+    soft_tokens: int = setting(10, _POSITIVE, "Prompt4NR: soft-prompt length (the paper gives none; CoLLM's code: "
+                               "3 per slot).", kind="method")
+    prompt_lora: bool = setting(False, _BOOL, "Prompt4NR / PersonPrompt: also tune the standard LoRA (CoLLM's soft "
+                                "prompt does).", kind="method", flag="--prompt-lora/--no-prompt-lora")
+    # "slots": CoLLM's soft-prompt code: ``soft_tokens`` vectors at each of the ``<UserID>`` /
+    # ``<TargetItemID>`` slots of its own prompt (new runs, via LLM_DEFAULTS); "prefix":
+    # ``soft_tokens`` vectors after BOS on the plain prompt (what a config.yaml without it means)
+    soft_prompt: str = setting("prefix", Choice(*SOFT_PROMPTS), "Prompt4NR: slots (CoLLM's code) | prefix (vectors "
+                               "after BOS on the plain prompt).", kind="method")
+    # "none" (the paper's), "zscore" (each dimension standardised with its mean / std over the
+    # training pairs) or "layernorm" (each of the user / item vectors to zero mean, unit variance)
+    input_norm: str = setting("none", Choice(*INPUT_NORMS), "CoRA: none (the paper's) | zscore | layernorm: "
+                              "normalise each CF embedding before the generator.", kind="method")
     # loop (reference: AdamW, lr 1e-3, warm-up from 1e-5 over 200 steps, cosine to 8e-5)
-    batch_size: int = 8
-    # Length bucketing: shuffled rows are sorted by prompt length within windows of this many
-    # batches, then the batches are shuffled; 0 or 1 = plain shuffled batches.
-    bucket_window: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup_start_lr: float = 1e-5
-    warmup_steps: int = 200
-    min_lr: float = 8e-5
-    weight_decay: float = 1e-3
-    max_steps: int = 2000
-    # Steps over which the cosine decays to min_lr, independent of max_steps: the reference's
-    # max_epoch x iters_per_epoch (LLM_DEFAULTS), so the lr stays near its peak in any run that
-    # stops earlier. None = max_steps (what a config.yaml without this field means).
-    lr_horizon: int | None = None
-    eval_every: int = 100
-    # Also write the resume checkpoint between validations once this many minutes have passed since
-    # the last one (0 = after every step): a CPU run whose validations are 40 minutes apart loses at
-    # most this much to a kill. It changes no number of the run (resume is exact), so it is never
-    # compared on resume (PLACEMENT_FIELDS).
-    checkpoint_every_min: float = 10.0
-    patience: int = 20
-    selection_metric: str = "auc"
-    limit_train: int | None = None
-    limit_valid: int | None = None
-    # The validation sample: at most this many rows of each drawn user (None = whole users), drawn
-    # with valid_seed (None = seed, what a config.yaml without the field means). A fixed valid_seed
-    # gives every row and every seed of an experiment the same validation rows.
-    valid_per_user: int | None = None
-    valid_seed: int | None = None
-    eval_batch_size: int = 16
-    seed: int = 42
-    # Loop settings of one stage of a staged method that differ from the run's, e.g. BinLLM's
-    # {codes: {lr: 1e-4, batch_size: 4}} (see for_stage).
-    stage_settings: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    batch_size: int = setting(8, _POSITIVE, "Training rows per step.", kind="loop")
+    # Shuffled rows are sorted by prompt length within windows of this many batches, then the
+    # batches are shuffled; 0 or 1 = plain shuffled batches.
+    bucket_window: int = setting(32, Int(0), "Length bucketing: sort by length within N batches (0 or 1: off).")
+    grad_accum: int = setting(1, _POSITIVE, "Gradient accumulation steps.", kind="loop")
+    lr: float = setting(1e-3, _LR, "Peak learning rate (AdamW).", kind="loop")
+    warmup_start_lr: float = setting(1e-5, _FRACTION, "Learning rate the linear warm-up starts from.", kind="loop")
+    warmup_steps: int = setting(200, Int(0), "Linear warm-up steps.", kind="loop")
+    min_lr: float = setting(8e-5, _FRACTION, "Learning rate the cosine decays to.", kind="loop")
+    weight_decay: float = setting(1e-3, _FRACTION, "AdamW weight decay.", kind="loop")
+    max_steps: int = setting(2000, _POSITIVE, "Optimizer steps budget (the cap).", kind="loop")
+    # The reference's max_epoch x iters_per_epoch (LLM_DEFAULTS), so the lr stays near its peak in
+    # any run that stops earlier. None = max_steps (what a config.yaml without this field means).
+    lr_horizon: int | None = setting(None, Int(1, optional=True), "Steps the cosine decay spans, independent of "
+                                     "--max-steps (none: --max-steps).", kind="loop")
+    eval_every: int = setting(100, _POSITIVE, "Validate every N steps.", kind="loop")
+    # A CPU run whose validations are 40 minutes apart loses at most this much to a kill. It
+    # changes no number of the run (resume is exact), so it is never compared on resume.
+    checkpoint_every_min: float = setting(10.0, Float(0), "Also write the resume checkpoint between validations "
+                                          "every N minutes (0: after every step).", kind="placement")
+    patience: int = setting(20, _POSITIVE, "Stop after N validations without gain.", kind="loop")
+    selection_metric: str = setting("auc", Choice(*SELECTION_METRICS), "Validation metric that selects the best "
+                                    "step: auc | uauc.")
+    limit_train: int | None = setting(None, Int(1, optional=True), "Train on N random training rows.")
+    limit_valid: int | None = setting(None, Int(1, optional=True), "Validate on a seeded sample of ~N rows.")
+    # A fixed valid_seed gives every row and every seed of an experiment the same validation rows.
+    valid_per_user: int | None = setting(None, Int(2, optional=True), "With --limit-valid: at most N rows of each "
+                                         "drawn user (none: whole users; UAUC needs both labels of a user).")
+    valid_seed: int | None = setting(None, Int(0, SEED_MAX, optional=True), "Seed of the validation sample "
+                                     "(none: --seed).")
+    eval_batch_size: int = setting(16, _POSITIVE, "Rows per forward pass when scoring.")
+    seed: int = setting(42, _SEED, "Random seed.")
+    # e.g. BinLLM's {codes: {lr: 1e-4, batch_size: 4}} (see for_stage).
+    stage_settings: dict = setting(spec=_DICT, help="Loop settings of one stage of a staged method that differ from "
+                                   "the run's.", kind="method", factory=dict)
+    extra: dict = setting(spec=_DICT, help="Free-form notes kept with the run.", kind="method", factory=dict)
 
     @classmethod
     def for_method(cls, fields: dict, cf_model: str | None = None, source: str = "config") -> "LLMConfig":
@@ -209,15 +250,14 @@ class LLMConfig(_YamlConfig):
 # Where a run computes (and how often it saves), not what it computes: a run may resume, and an
 # experiment may carry a committed training, on another device or matmul precision (the row's
 # table records which it had) or with another checkpoint interval.
-PLACEMENT_FIELDS = frozenset({"device", "tf32", "checkpoint_every_min"})
+PLACEMENT_FIELDS = fields_of_kind(LLMConfig, "placement")
 
 # Settings of every new run that differ from what an older config.yaml without the field means:
 # a limited validation sample keeps at most 10 rows of each drawn user (DEFAULT_PER_USER).
 NEW_RUN_DEFAULTS: dict[str, Any] = {"valid_per_user": 10}
 
 # What ``stage_settings`` may set: the loop's settings, nothing that changes the method's parts.
-STAGE_FIELDS = {"lr", "batch_size", "grad_accum", "warmup_start_lr", "warmup_steps", "min_lr", "weight_decay",
-                "max_steps", "lr_horizon", "eval_every", "patience"}
+STAGE_FIELDS = fields_of_kind(LLMConfig, "loop")
 
 # The reference implementations' settings for each LLM method (DESIGN sec. 7b; CoLLM's, BinLLM's and
 # CoRA's training configs), applied by LLMConfig.for_method to every new run. Keyed by method, and

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from cora.errors import one_line
+
 
 def _process_umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
@@ -138,9 +140,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 # from inside pandas, pyarrow, safetensors or json. Parse libraries are imported only when used.
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
@@ -163,10 +162,20 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", mapping: bool = 
         raise CoraError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                         "is the file cut short?") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise CoraError(f"{path}: cannot read {what} ({_first_line(e)})") from None
+        raise CoraError(f"{path}: cannot read {what} ({one_line(e)})") from None
     if mapping and not isinstance(obj, dict):
         raise CoraError(f"{path}: expected a JSON object in the {what}, found a {type(obj).__name__}")
     return obj
+
+
+def update_json(path: str | os.PathLike, updates: dict) -> dict:
+    """Merge ``updates`` into the JSON object at ``path`` (created when absent) and write it back
+    atomically: a run's metrics.json gains one key per evaluation, the others kept. Returns the
+    merged object."""
+    path = Path(path)
+    merged = {**(read_json(path, mapping=True) if path.exists() else {}), **updates}
+    write_json(path, merged)
+    return merged
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
@@ -178,9 +187,9 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
     try:
         d = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise CoraError(f"{path}: not valid YAML ({_first_line(e)})") from None
+        raise CoraError(f"{path}: not valid YAML ({one_line(e)})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise CoraError(f"{path}: cannot read {what} file ({_first_line(e)})") from None
+        raise CoraError(f"{path}: cannot read {what} file ({one_line(e)})") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -199,7 +208,7 @@ def read_parquet(path: str | os.PathLike, what: str = "table", columns: list[str
     try:
         df = pd.read_parquet(path)
     except (OSError, ValueError, ArrowException) as e:
-        why = _first_line(e).replace(f"Could not open Parquet input source '{path}': ", "")  # names the path again
+        why = one_line(e).replace(f"Could not open Parquet input source '{path}': ", "")  # names the path again
         raise CoraError(f"{path}: not a readable Parquet file ({why}); is it cut short?") from None
     if missing := [c for c in columns or () if c not in df.columns]:
         raise CoraError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
@@ -217,7 +226,7 @@ def read_safetensors(path: str | os.PathLike, what: str = "tensor file") -> dict
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CoraError(f"{path}: not a readable safetensors file ({_first_line(e)}); is it cut short?") from None
+        raise CoraError(f"{path}: not a readable safetensors file ({one_line(e)}); is it cut short?") from None
 
 
 def check_tensors(path: str | os.PathLike, tensors: dict, expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -252,7 +261,7 @@ def read_csv(path: str | os.PathLike, what: str = "CSV file", **kwargs):
     except pd.errors.EmptyDataError:
         raise CoraError(f"{path}: not a readable CSV (the {what} is empty; expected a header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
-        raise CoraError(f"{path}: not a readable CSV ({_first_line(e)})") from None
+        raise CoraError(f"{path}: not a readable CSV ({one_line(e)})") from None
 
 
 def open_zip(path: str | os.PathLike, what: str = "zip file"):
@@ -265,7 +274,7 @@ def open_zip(path: str | os.PathLike, what: str = "zip file"):
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
-        raise CoraError(f"{path}: not a readable zip file ({_first_line(e)}); is the download truncated?") from None
+        raise CoraError(f"{path}: not a readable zip file ({one_line(e)}); is the download truncated?") from None
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:

@@ -1,16 +1,16 @@
-"""The allowed values of every setting: one table, checked by one function.
+"""Settings: how each is declared, and the allowed values checked by one function.
 
-Every config field (:class:`~cora.config.LLMConfig`, :class:`~cora.config.CFConfig`, the
-experiment file's top level) and every numeric command-line option that is not a config field has
-an entry in :data:`RANGES`. Configs check their fields when they are built (CLI flags, ``--config``
-YAML, experiment rows, a run's config.yaml) and commands check their options before they load
-anything, so a nonsensical value (a negative lr, batch 0, dtype fp8, lr "fast") fails at once
-with one line naming the field and what is allowed, instead of as a traceback from inside torch
-after minutes of loading. ``tests/test_bad_input.py`` fails when a config field has no entry.
+Every config field is declared once, where its dataclass is (:func:`setting` in
+:mod:`cora.config`): its default, its allowed values (a :class:`Spec`), its help text and its kind
+(:data:`KINDS`). The range table :data:`RANGES`, the stage and placement sets and the command-line
+options (:mod:`cora.options`) derive from those declarations. Configs check their fields when they
+are built (CLI flags, ``--config`` YAML, experiment rows, a run's config.yaml) and commands check
+their options before they load anything, so a nonsensical value (a negative lr, batch 0, dtype
+fp8, lr "fast") fails at once with one line naming the field and what is allowed, instead of as a
+traceback from inside torch after minutes of loading. ``tests/test_settings.py`` fails when a
+field has no declaration or a command-line option disagrees with one.
 
-Choices whose source of truth lives in a module that imports torch (dtypes, module letters, the
-method registry) are spelled out here, so a config is checked without importing torch; the same
-test checks that both spellings agree.
+This module imports neither torch nor the configs: choices are spelled where they are declared.
 """
 
 from __future__ import annotations
@@ -18,19 +18,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from cora.errors import CoraError
 
-METHODS = ("cora", "icl", "prompt4nr", "tallrec", "personprompt", "collm", "binllm")  # cora.methods.METHODS
-CF_MODELS = ("mf", "lightgcn", "sasrec")  # cora.config.CF_DEFAULTS
-SAS_BLOCKS = ("reference", "preln")  # cora.cf.models.SASRec
-DTYPES = ("fp32", "bf16", "fp16")  # cora.llm.backbone.DTYPES
-MODULE_LETTERS = "qkvof"  # cora.llm.lowrank.MODULE_LETTERS
-INPUT_NORMS = ("none", "layernorm", "zscore")  # cora.methods.cora.INPUT_NORMS
-SOFT_PROMPTS = ("slots", "prefix")  # cora.methods.prompt4nr.LAYOUTS
-SELECTION_METRICS = ("auc", "uauc")  # cora.train.loop.selection_score
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (pandas' sample(random_state=...)) takes no more
 
 
@@ -95,42 +88,10 @@ DROPOUT = Float(0, 1, hi_open=True)  # 1 would drop everything
 FRACTION = Float(0, 1)
 POSITIVE = Int(1)
 
-# Settings with the same name mean the same thing in CFConfig and LLMConfig.
-_SHARED = {"data": STR, "lr": LR, "weight_decay": FRACTION, "batch_size": POSITIVE, "patience": POSITIVE,
-           "seed": Int(0, SEED_MAX), "extra": DICT}
-
+# Scope -> setting -> Spec. "LLMConfig" and "CFConfig" are filled from their declarations by
+# :func:`declare` when cora.config is imported; the experiment file's top level and the options
+# that are no config field are listed here.
 RANGES: dict[str, dict[str, Spec]] = {
-    "CFConfig": {
-        **_SHARED,
-        "model": Choice(*CF_MODELS), "dim": POSITIVE, "epochs": POSITIVE, "init_std": Float(0, lo_open=True),
-        "gcn_layers": Int(0),  # 0 layers: the embeddings as they are (plain MF)
-        "max_len": POSITIVE, "sas_blocks": POSITIVE, "sas_heads": POSITIVE, "sas_dropout": DROPOUT,
-        "sas_block": Choice(*SAS_BLOCKS),
-    },
-    "LLMConfig": {
-        **_SHARED,
-        "method": Choice(*METHODS), "cf": OPT_STR, "backbone": STR, "dtype": Choice(*DTYPES),
-        "device": Spec(str, pattern=r"cpu|auto|cuda(:\d+)?", shown="one of cpu, cuda, cuda:N, auto"), "tf32": BOOL,
-        "max_titles": Int(0), "no_titles": BOOL, "max_length": Int(2, optional=True),  # BOS + one token
-        "calibrate_logit": BOOL,
-        "modules": Spec(str, letters=MODULE_LETTERS), "rank": POSITIVE, "alpha": Float(0, lo_open=True),
-        "lora_dropout": DROPOUT, "gen_queries": POSITIVE, "gen_layers": Int(1, optional=True), "gen_heads": POSITIVE,
-        "gen_ffn": Int(1, optional=True), "gen_dropout": DROPOUT,
-        "lora_rank": POSITIVE, "lora_alpha": Float(0, lo_open=True), "lora_targets": Spec(str, letters=MODULE_LETTERS),
-        "collm_mlp_hidden": Int(1, optional=True),
-        "binllm_bits": Int(1, 1024), "binllm_dot_decimal": BOOL, "binllm_text_stage": BOOL,
-        "soft_tokens": POSITIVE, "prompt_lora": BOOL, "soft_prompt": Choice(*SOFT_PROMPTS),
-        "input_norm": Choice(*INPUT_NORMS),
-        "bucket_window": Int(0),  # 0 or 1: plain shuffled batches
-        "grad_accum": POSITIVE, "warmup_start_lr": FRACTION, "warmup_steps": Int(0), "min_lr": FRACTION,
-        "max_steps": POSITIVE, "lr_horizon": Int(1, optional=True), "eval_every": POSITIVE,
-        "checkpoint_every_min": Float(0),  # 0: after every step
-        "selection_metric": Choice(*SELECTION_METRICS),
-        "limit_train": Int(1, optional=True), "limit_valid": Int(1, optional=True), "eval_batch_size": POSITIVE,
-        "valid_per_user": Int(2, optional=True),  # as --per-user: UAUC needs both labels of a user
-        "valid_seed": Int(0, SEED_MAX, optional=True),
-        "stage_settings": DICT,
-    },
     "Experiment": {
         "name": STR, "data": STR, "out": STR, "rows": LIST, "budget": STR, "source": OPT_STR, "trust_pickle": BOOL,
         "test_limit": Int(1, optional=True),
@@ -151,11 +112,57 @@ RANGES: dict[str, dict[str, Spec]] = {
 }
 
 
+# What a setting is to the run, which decides what may differ between runs that share work:
+KINDS = {
+    "loop": "a training-loop setting; one stage of a staged method may set its own (stage_settings)",
+    "stage": "part of what a stage computes: a stage is shared (stage_from) or resumed only when it agrees",
+    "placement": "where the run computes and how often it saves: recorded, never compared",
+    "method": "a method's own part (generator, MLP, codes, soft prompt): not part of a shared text stage",
+}
+
+
+def setting(default: Any = dataclasses.MISSING, spec: Spec | None = None, help: str = "", kind: str = "stage",
+            flag: str | None = None, factory: Any = None) -> Any:
+    """One config field's declaration: its default (``factory`` for a mutable one), allowed values,
+    help text (the CLI option's help and the docs') and kind (:data:`KINDS`). ``flag`` spells
+    the command-line option where it is not ``--field-name`` (e.g. ``--calibrate-logit/--raw-logit``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: choose from {', '.join(KINDS)}")
+    meta = {"spec": spec, "help": help, "kind": kind, "flag": flag}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def declarations(cls: type) -> dict[str, dataclasses.Field]:
+    """The declared fields of a config dataclass, in declaration order (a field built without
+    :func:`setting` is left out: tests/test_settings.py names it)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("spec") is not None}
+
+
+def undeclared_fields(cls: type) -> list[str]:
+    """Fields of a config dataclass written without :func:`setting` (no range, help or kind)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("spec") is None]
+
+
+def declare(cls: type) -> type:
+    """Class decorator: the dataclass's declarations become its scope of :data:`RANGES`."""
+    RANGES[cls.__name__] = {name: f.metadata["spec"] for name, f in declarations(cls).items()}
+    return cls
+
+
+def fields_of_kind(cls: type, *kinds: str) -> frozenset[str]:
+    """The names of ``cls``'s fields declared with one of ``kinds``."""
+    return frozenset(name for name, f in declarations(cls).items() if f.metadata["kind"] in kinds)
+
+
 def check_value(scope: str, name: str, value: Any, source: str | None = None, label: str | None = None) -> Any:
     """``value`` of setting ``name`` in ``scope`` (a key of :data:`RANGES`), converted where that is
     safe (an int or a YAML string such as "1e-3" for a float, a path for a string); anything else
     outside the table's range is a :class:`CoraError` naming ``source``, the setting and what is
     allowed. A name without an entry passes unchecked (the test of the table catches it)."""
+    if scope not in RANGES:  # the config scopes are filled when cora.config is imported
+        import cora.config  # noqa: F401
     spec = RANGES[scope].get(name)
     if spec is None or (value is None and spec.optional):
         return value

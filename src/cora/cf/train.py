@@ -30,8 +30,8 @@ from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import auc, evaluate_predictions
 from cora.io import (atomic_dir, atomic_path, check_tensors, is_no_space, kill_point, no_space_error, read_json,
-                     read_safetensors, read_yaml_mapping, remove_partial, removed_on_failure, write_json,
-                     write_parquet)
+                     read_safetensors, read_yaml_mapping, remove_partial, removed_on_failure, update_json,
+                     write_json, write_parquet)
 from cora.safe_state import has_state, read_state, save_tensor_file, write_state
 
 
@@ -258,8 +258,5 @@ def evaluate_cf_run(run: str | Path, split: str, limit: int | None = None, per_u
     key = split_key(split, limit, per_user)
     write_parquet(Path(run) / f"predictions-{key}.parquet", pred)
     metrics = evaluate_predictions(pred)
-    path = Path(run) / "metrics.json"
-    all_metrics = read_json(path) if path.exists() else {}
-    all_metrics[key] = metrics
-    write_json(path, all_metrics)
+    update_json(Path(run) / "metrics.json", {key: metrics})
     return metrics

@@ -68,8 +68,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from cora.data.protocol import histories
 from cora.data.store import write_dataset
-from cora.errors import CoraError
+from cora.errors import CoraError, one_line
 
 NAME = "amazon-book"
 DOMAIN = "books"
@@ -198,7 +199,7 @@ def _records(path: Path, required: tuple[str, ...], tick) -> Iterator[tuple[int,
                         _check_fields(path, required, seen, lineno)
                         checked = True
         except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-            raise CoraError(f"{path}: cannot read the data after line {lineno} ({type(e).__name__}: {_one_line(e)}); "
+            raise CoraError(f"{path}: cannot read the data after line {lineno} ({type(e).__name__}: {one_line(e)}); "
                             "is the file truncated or corrupt?") from None
     if lineno == 0:
         raise CoraError(f"{path}: file is empty")
@@ -237,7 +238,7 @@ def _parse_line(path: Path, lineno: int, line: bytes) -> dict:
         hint = ""
         if line.lstrip().startswith(b"{'"):
             hint = " — looks like the 2014 Python-literal format; use the 2018 JSON-lines files"
-        raise CoraError(f"{path}: line {lineno} is not valid JSON ({_one_line(e)}){hint}") from None
+        raise CoraError(f"{path}: line {lineno} is not valid JSON ({one_line(e)}){hint}") from None
     if not isinstance(rec, dict):
         raise CoraError(f"{path}: line {lineno} is not a JSON object (found {type(rec).__name__})")
     return rec
@@ -277,8 +278,6 @@ def _integer(rec: dict, key: str, path: Path, lineno: int) -> int | None:
     return int(value)
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -320,8 +319,7 @@ def build_histories(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame
     # numbering before building the histories gives the same ids as numbering after.
     rows["uid"] = pd.factorize(rows["user"])[0] + 1
     rows["iid"] = pd.factorize(rows["asin"])[0] + 1
-    his, his_title = _histories(rows["uid"].tolist(), rows["iid"].tolist(), rows["label"].tolist(),
-                                rows["title"].tolist())
+    his, his_title = histories(rows, rows["iid"].to_numpy())
     # object Series: a plain list of equal-length lists would be read as a 2-D array
     rows["his"] = pd.Series(his, index=rows.index, dtype=object)
     rows["his_title"] = pd.Series(his_title, index=rows.index, dtype=object)
@@ -331,21 +329,6 @@ def build_histories(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame
     cols = ["uid", "iid", "label", "timestamp", "his", "his_title", "title", "not_cold"]
     return {name: rows.loc[rows["split"] == k, cols].reset_index(drop=True)
             for k, name in enumerate(("train", "valid", "test"))}
-
-
-def _histories(uids: list[int], iids: list[int], labels: list[int], titles: list[str]) -> tuple[list, list]:
-    """Rows sorted by (user, time): each row's earlier positive items of the same user, 0/'' first."""
-    his_col, title_col = [], []
-    current, his, his_title = None, [0], [""]
-    for uid, iid, label, title in zip(uids, iids, labels, titles):
-        if uid != current:
-            current, his, his_title = uid, [0], [""]
-        his_col.append(list(his))
-        title_col.append(list(his_title))
-        if label:
-            his.append(iid)
-            his_title.append(title)
-    return his_col, title_col
 
 
 # ----------------------------------------------------------------------------- checks / UI

@@ -4,7 +4,7 @@
 a time) plus, usually, an items table (item id -> title, extra columns kept), and builds the same
 folder every other importer writes (:func:`cora.data.store.write_dataset`), so every method runs on
 it unchanged. The protocol is the one ``cora data prepare movielens`` follows (DESIGN sec. 7), and
-that command now calls the protocol functions of this module, so the two cannot drift apart:
+both call the protocol functions of :mod:`cora.data.protocol`, so the two cannot drift apart:
 
 1. **Window and splits.** Times are unix seconds in UTC (ISO dates are read as UTC unless they
    carry an offset). ``--split-dates A,B,C,D``: train = [A, B), valid = [B, C), test = [C, D); rows
@@ -34,7 +34,6 @@ row; nothing is written.
 from __future__ import annotations
 
 import csv
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -44,13 +43,14 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from cora.data.store import write_dataset
-from cora.errors import CoraError
-from cora.io import atomic_dir, sha256_file
+from cora.data.protocol import (SplitWindows, build_table, iso_utc, make_splits, order_events,
+                                 parse_split_dates, parse_split_fractions, tie_order, windows_from_fractions)
+from cora.data.store import write_with_id_maps
+from cora.errors import CoraError, one_line
+from cora.io import sha256_file
 from cora.ranges import check_flags
 
 FORMATS = ("csv", "tsv", "parquet", "recbole")
-SPLIT_NAMES = ("train", "valid", "test")  # flag 0, 1, 2; -1 = outside the window
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_THRESHOLD = 4.0
 DEFAULT_DOMAIN = "items"  # the prompt's plural noun: "... the following items: ..."
@@ -72,150 +72,6 @@ CANDIDATES = {
 GENRE_COLUMNS = ("genres", "genre")
 OPTION = {"user": "--user", "item": "--item", "time": "--time", "rating": "--rating", "label": "--label",
           "title": "--title"}
-
-
-# ----------------------------------------------------------------------------- protocol (shared)
-@dataclass(frozen=True)
-class SplitWindows:
-    """Train / valid / test windows as four UTC unix-second bounds; each window is [lo, hi)."""
-
-    bounds: tuple[int, int, int, int]
-
-    def flags(self, timestamps: np.ndarray) -> np.ndarray:
-        """0 / 1 / 2 for train / valid / test, -1 outside [train start, end)."""
-        flags = np.searchsorted(np.asarray(self.bounds, dtype=np.int64), timestamps, side="right") - 1
-        flags[flags > 2] = -1
-        return flags
-
-    def describe(self, name: str) -> str:
-        k = SPLIT_NAMES.index(name)
-        return f"[{iso_utc(self.bounds[k])}, {iso_utc(self.bounds[k + 1])})"
-
-    def to_meta(self) -> dict:
-        keys = ("train_start", "valid_start", "test_start", "end")
-        return {k: iso_utc(b) for k, b in zip(keys, self.bounds)} | {"timezone": "UTC", "end_exclusive": True}
-
-
-def iso_utc(seconds: int) -> str:
-    ts = pd.Timestamp(int(seconds), unit="s", tz="UTC")
-    return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def order_events(events: pd.DataFrame, windows: SplitWindows) -> pd.DataFrame:
-    """Rows inside the window with their split ``flag``, sorted by (user, timestamp).
-
-    ``events`` has columns user (a sort key), item, label, timestamp, title, in tie order: the
-    sort is stable, so rows of one user in one second keep the order they come in.
-    """
-    flags = windows.flags(events["timestamp"].to_numpy(dtype=np.int64))
-    kept = events[flags >= 0].assign(flag=flags[flags >= 0])
-    return kept.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
-
-
-def histories(data: pd.DataFrame, items: np.ndarray) -> tuple[list[list[int]], list[list[str]]]:
-    """Per row: [0] + the user's earlier positive items (any split), and their titles after ''.
-
-    ``data`` is sorted by user then time, so each user's positives are one contiguous run of
-    the positives array; a row's history is that run cut at the positives seen before it.
-    """
-    label = data["label"].to_numpy()
-    positive = label == 1
-    pos_items = items[positive]
-    pos_titles = data["title"].to_numpy(dtype=object)[positive]
-    end = np.cumsum(label) - label  # positives in all earlier rows
-    start = pd.Series(end).groupby(data["user"].to_numpy()).transform("first").to_numpy()
-    his = [[0] + pos_items[s:e].tolist() for s, e in zip(start, end)]
-    his_title = [[""] + pos_titles[s:e].tolist() for s, e in zip(start, end)]
-    return his, his_title
-
-
-def build_table(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
-    """Re-index users and items 1..N by first appearance, add histories and not_cold.
-
-    Returns the table (with ``flag``) and the original user / item keys of ids 1..N.
-    """
-    uid, users = pd.factorize(data["user"])
-    iid, items = pd.factorize(data["item"])
-    uid, iid = uid + 1, iid + 1
-    his, his_title = histories(data, iid)
-    table = pd.DataFrame({
-        "uid": uid, "iid": iid, "label": data["label"].to_numpy(), "timestamp": data["timestamp"].to_numpy(),
-        # object Series: a plain list of equal-length lists would be read as a 2-D array
-        "his": pd.Series(his, dtype=object), "his_title": pd.Series(his_title, dtype=object),
-        "title": data["title"].to_numpy(dtype=object), "flag": data["flag"].to_numpy(),
-    })
-    train = table["flag"] == 0
-    warm = np.isin(uid, uid[train]) & np.isin(iid, iid[train])
-    table["not_cold"] = warm.astype("int64")
-    return table, users, items
-
-
-def sample_split(valid: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame:
-    """CoLLM's model-selection split: a positional sample of valid (pandas samples by position)."""
-    return valid.sample(frac=frac, random_state=seed)
-
-
-def make_splits(table: pd.DataFrame, *, frac: float, seed: int,
-                empty: Callable[[str, int], str]) -> dict[str, pd.DataFrame]:
-    """train / valid / test / valid_small frames; ``empty(split, valid_rows)`` words the error
-    for a split left without rows."""
-    # Each split keeps its row numbers in the combined table, as CoLLM's pickles do.
-    splits = {name: table[table["flag"] == k].drop(columns="flag") for k, name in enumerate(SPLIT_NAMES)}
-    for name in SPLIT_NAMES:
-        if splits[name].empty:
-            raise CoraError(empty(name, len(splits["valid"])))
-    splits["valid_small"] = sample_split(splits["valid"], frac, seed)
-    if splits["valid_small"].empty:
-        raise CoraError(empty("valid_small", len(splits["valid"])))
-    return splits
-
-
-# ----------------------------------------------------------------------------- options
-def parse_time_text(text: str, what: str) -> int:
-    """One date for an option: unix seconds or an ISO 8601 date/time (UTC unless it has an offset)."""
-    text = text.strip()
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    try:  # ISO 8601 only: '01/06/2001' means different days in different countries
-        ts = pd.to_datetime(text, format="ISO8601")
-    except (ValueError, TypeError):
-        ts = pd.NaT
-    if ts is pd.NaT:
-        raise CoraError(f"{what}: '{text}' is not an ISO date (YYYY-MM-DD[THH:MM:SS]) or unix seconds")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
-
-
-def parse_split_dates(text: str | Sequence[str]) -> SplitWindows:
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    if len(parts) != 4:
-        raise CoraError(f"--split-dates {text}: give four dates TRAIN_START,VALID_START,TEST_START,END "
-                        "(e.g. 2001-06-01,2002-04-01,2002-09-01,2003-02-01)")
-    bounds = tuple(parse_time_text(str(p), "--split-dates") for p in parts)
-    if any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise CoraError(f"--split-dates {','.join(map(str, parts))}: the four dates must increase")
-    return SplitWindows(bounds)
-
-
-def parse_split_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        fracs = tuple(float(p) for p in parts)
-    except ValueError:
-        fracs = ()
-    if len(fracs) != 3 or not all(math.isfinite(f) and f > 0 for f in fracs) or abs(sum(fracs) - 1) > 1e-6:
-        raise CoraError(f"--split-fractions {text}: give three positive fractions TRAIN,VALID,TEST that sum to 1 "
-                        "(e.g. 0.8,0.1,0.1)")
-    return fracs  # type: ignore[return-value]
-
-
-def windows_from_fractions(timestamps: np.ndarray, fracs: Sequence[float]) -> SplitWindows:
-    """Cut the time line at the timestamps below which fracs[0] and fracs[0]+fracs[1] of events lie."""
-    s = np.sort(timestamps)
-    n = len(s)
-    k1 = min(int(round(fracs[0] * n)), n - 1)
-    k2 = min(int(round((fracs[0] + fracs[1]) * n)), n - 1)
-    return SplitWindows((int(s[0]), int(s[k1]), int(s[k2]), int(s[-1]) + 1))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -271,7 +127,7 @@ def read_source(path: Path, fmt: str) -> Source:
         raise CoraError(f"{path}: file is empty") from None
     # ParserError / ArrowInvalid are ValueErrors; gzip and OS trouble are OSError / EOFError / zlib.error.
     except (ValueError, OSError, EOFError, zlib.error, ImportError) as e:
-        raise CoraError(f"{path}: cannot read as {fmt} ({type(e).__name__}: {_one_line(e)})") from None
+        raise CoraError(f"{path}: cannot read as {fmt} ({type(e).__name__}: {one_line(e)})") from None
     if fmt == "recbole":  # typed headers: 'user_id:token' -> 'user_id'
         table.columns = [str(c).split(":", 1)[0] for c in table.columns]
     table.columns = [str(c).strip() for c in table.columns]
@@ -295,8 +151,6 @@ def _read_text_table(path: Path, fmt: str) -> pd.DataFrame:
     return table[~blank]
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:200]
 
 
 # ----------------------------------------------------------------------------- columns
@@ -509,12 +363,6 @@ def titles_from_events(src: Source, item_col: str, title_col: str) -> pd.DataFra
                      ignore_index=True)
 
 
-def tie_order(events: pd.DataFrame) -> pd.DataFrame:
-    """Order rows by the item's first appearance in the file, then file order (see module doc)."""
-    keyed = events.assign(file_pos=np.arange(len(events)), item_rank=pd.factorize(events["item"])[0])
-    return keyed.sort_values(["item_rank", "file_pos"], kind="stable").drop(columns=["item_rank", "file_pos"])
-
-
 # ----------------------------------------------------------------------------- entry point
 def import_interactions(interactions: str | Path, out: str | Path, *, items: str | Path | None = None,
                         fmt: str | None = None, user: str | None = None, item: str | None = None,
@@ -634,15 +482,3 @@ def _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, 
         "rows_outside_window": int(len(src.table) - len(data)),
         "valid_small": f"sample(frac={valid_small_frac:g}, seed={seed}) of valid",
     }
-
-
-def write_with_id_maps(out: Path, splits: dict[str, pd.DataFrame], users: pd.DataFrame, items: pd.DataFrame, *,
-                       name: str, domain: str, source: dict, overwrite: bool) -> dict:
-    """The shared writer fills the folder; the id maps join it inside the same atomic build
-    (also ``cora data prepare movielens``'s writer, so both folders have the same layout)."""
-    extra = {"id_maps": {"users": "users.parquet", "items": "items.parquet"}}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        meta = write_dataset(tmp, splits, name=name, domain=domain, source=source, overwrite=True, extra=extra)
-        users.to_parquet(tmp / "users.parquet", index=False)
-        items.to_parquet(tmp / "items.parquet", index=False)
-    return meta

@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cora.data.interactions import (build_table, make_splits, order_events, parse_split_dates, sample_split,
-                                    tie_order, write_with_id_maps)
+from cora.data.protocol import build_table, make_splits, order_events, parse_split_dates, sample_split, tie_order
+from cora.data.store import write_with_id_maps
 from cora.errors import CoraError
 from cora.io import sha256_file
 
@@ -203,7 +203,7 @@ def _join_titles(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
 
 
 def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> tuple[dict[str, pd.DataFrame], pd.Index, pd.Index]:
-    """The shared protocol (cora.data.interactions): windows, (uid, time) order, histories, ids.
+    """The shared protocol (cora.data.protocol): windows, (uid, time) order, histories, ids.
     Also returns the raw user and movie ids of uids / iids 1..N, for the id maps."""
     events = joined.assign(label=(joined["rating"] >= POSITIVE_RATING).astype("int64"))
     table, users, items = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))

@@ -16,6 +16,20 @@ TEMPLATE = (
     "Leverage the information to predict whether the user would enjoy the {item} titled {target}? "
     'Answer with "Yes" or "No". \\n#Answer:'
 )
+# Other methods' prompts: ``{user_slot}`` / ``{item_slot}`` are filled through build_prompt's fields.
+# CoLLM's collm_movie.txt / collm_amazon.txt (CoLLM, PersonPrompt: vector slots; BinLLM: codes as text).
+COLLM_TEMPLATE = (
+    "#Question: A user has given high ratings to the following {domain}: {history}. "
+    "Additionally, we have information about the user's preferences encoded in the feature {user_slot}. "
+    "Using all available information, make a prediction about whether the user would enjoy the {item} "
+    "titled {target} with the feature {item_slot}? "
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+# CoLLM's softprompt.txt (Prompt4NR's ``slots`` layout).
+SOFT_PROMPT_TEMPLATE = (
+    "#Question: {user_slot} {history} [SEP] {item_slot} {target} [SEP] Using all available information, "
+    'make a prediction about whether the user would enjoy the {item}? Answer with "Yes" or "No". \\n#Answer:'
+)
 
 
 def history_titles(his_title, max_titles: int = MAX_HISTORY_TITLES) -> list[str]:

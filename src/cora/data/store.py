@@ -114,6 +114,18 @@ class Dataset:
         return read_parquet(path, "items table", columns=["iid", "title"])
 
 
+def write_with_id_maps(out: Path, splits: dict[str, pd.DataFrame], users: pd.DataFrame, items: pd.DataFrame, *,
+                       name: str, domain: str, source: dict, overwrite: bool) -> dict:
+    """The shared writer fills the folder; the id maps join it inside the same atomic build
+    (``cora data import-interactions`` and ``cora data prepare movielens``: both folders have the same layout)."""
+    extra = {"id_maps": {"users": "users.parquet", "items": "items.parquet"}}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        meta = write_dataset(tmp, splits, name=name, domain=domain, source=source, overwrite=True, extra=extra)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+    return meta
+
+
 def load_dataset(root: str | Path) -> Dataset:
     root = Path(root)
     meta_path = root / "meta.json"

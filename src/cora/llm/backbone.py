@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cora.errors import CoraError
+from cora.errors import CoraError, one_line
 from cora.io import make_tmp_dir
 
 DEFAULT_BACKBONE = "smollm2-135m"
@@ -189,7 +189,7 @@ def _load_hub(repo_id: str):
     try:
         return AutoModelForCausalLM.from_pretrained(repo_id), AutoTokenizer.from_pretrained(repo_id)
     except OSError as e:
-        raise CoraError(f"backbone {repo_id!r}: could not load from the Hugging Face hub ({_first_line(e)})") from e
+        raise CoraError(f"backbone {repo_id!r}: could not load from the Hugging Face hub ({one_line(e)})") from e
 
 
 def _hf_cache_dir() -> str | None:
@@ -203,7 +203,7 @@ def _load_folder(folder: Path):
     try:
         return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
-        raise CoraError(f"{folder}: could not load model folder ({_first_line(e)})") from e
+        raise CoraError(f"{folder}: could not load model folder ({one_line(e)})") from e
 
 
 def smollm2_gguf_path() -> Path:
@@ -264,7 +264,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
     except Exception as e:  # any parse failure of a user-supplied file is a user error
-        raise CoraError(f"{gguf}: could not read GGUF file ({type(e).__name__}: {_first_line(e)})") from e
+        raise CoraError(f"{gguf}: could not read GGUF file ({type(e).__name__}: {one_line(e)})") from e
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # weights are already dense; drop the marker that blocks saving
         quantizer.remove_quantization_config(model)
@@ -279,6 +279,3 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
          "transformers": transformers.__version__}, indent=2) + "\n", encoding="utf-8")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -58,7 +58,9 @@ class EncodedSplit(torch.utils.data.Dataset):
 
 class LLMMethod(nn.Module):
     name: ClassVar[str] = "base"
-    uses_cf: ClassVar[bool] = False
+    uses_cf: ClassVar[bool] = False  # the constructor also gets the frozen CF model; a run needs --cf
+    # Every stage a method trained in stages may run (stages() picks from them, in this order); () = one.
+    stage_names: ClassVar[tuple[str, ...]] = ()
     stage: str | None = None  # the stage being trained (begin_stage); None = the finished method
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model: nn.Module | None = None):

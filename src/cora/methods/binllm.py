@@ -28,14 +28,13 @@ from torch import nn
 
 from cora.cf.data import cf_embeddings
 from cora.config import LLMConfig
-from cora.data.prompts import build_prompt
+from cora.data.prompts import COLLM_TEMPLATE, build_prompt
 from cora.data.store import load_dataset
 from cora.errors import CoraError
 from cora.io import check_tensors
 from cora.llm.backbone import Backbone
 from cora.methods.base import LLMMethod
-from cora.methods.collm import COLLM_TEMPLATE
-from cora.methods.tallrec import WithLoRA
+from cora.methods.lora import WithLoRA
 
 BINARISER_EPOCHS = 20
 BINARISER_LR = 1e-2
@@ -121,6 +120,7 @@ def fit_binariser(cf_model: nn.Module, train_df: pd.DataFrame, n_bits: int, seed
 class BinLLM(WithLoRA, LLMMethod):
     name = "binllm"
     uses_cf = True
+    stage_names = ("text", "codes")  # "text" only with binllm_text_stage
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model):
         super().__init__(backbone, cfg, cf_model)
@@ -133,7 +133,7 @@ class BinLLM(WithLoRA, LLMMethod):
         # Stages ("text", "codes"; see stages()) change only the prompt: LoRA trains in every one.
 
     def stages(self) -> tuple[str, ...]:
-        return ("text", "codes") if self.cfg.binllm_text_stage else ("codes",)
+        return self.stage_names if self.cfg.binllm_text_stage else self.stage_names[1:]
 
 
     # ---------------------------------------------------------------- codes

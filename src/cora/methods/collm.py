@@ -24,39 +24,18 @@ import torch
 from torch import nn
 
 from cora.config import LLMConfig
-from cora.data.prompts import build_prompt
 from cora.llm.backbone import Backbone
-from cora.llm.slots import tokenize_with_slots
 from cora.methods.base import EncodedSplit
-from cora.methods.slots import SlotPromptMethod
-from cora.methods.tallrec import WithLoRA
+from cora.methods.lora import WithLoRA
+from cora.methods.slots import SlotPromptMethod, encode_id_slots
 
-COLLM_TEMPLATE = (
-    "#Question: A user has given high ratings to the following {domain}: {history}. "
-    "Additionally, we have information about the user's preferences encoded in the feature {user_slot}. "
-    "Using all available information, make a prediction about whether the user would enjoy the {item} "
-    "titled {target} with the feature {item_slot}? "
-    'Answer with "Yes" or "No". \\n#Answer:'
-)
 MLP_WIDTH_TIMES = 10  # CoLLM's proj_mid_times
-# Written where an embedding goes (cora.llm.slots makes it ONE position); never reaches the model as text.
-SLOT_MARKER = "<|cf-slot|>"
-
-
-def encode_id_slots(method: SlotPromptMethod, df: pd.DataFrame, domain: str) -> EncodedSplit:
-    """CoLLM's prompt with one vector slot for the user and one for the target item (also
-    PersonPrompt's prompt: the two differ only in where the slot vectors come from)."""
-    max_titles = 0 if method.cfg.no_titles else method.cfg.max_titles
-    texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
-                          item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
-    ids, slots = tokenize_with_slots(method.tokenizer, texts, SLOT_MARKER, 2, method.bos_token_id,
-                                     method.pad_token_id, method.cfg.max_length)
-    return method.make_split(df, ids, slot_offsets=torch.tensor(slots, dtype=torch.long).reshape(-1, 2))
 
 
 class CoLLM(WithLoRA, SlotPromptMethod):
     name = "collm"
     uses_cf = True
+    stage_names = ("lora", "mapping")
 
     def __init__(self, backbone: Backbone, cfg: LLMConfig, cf_model):
         super().__init__(backbone, cfg, cf_model)
@@ -68,7 +47,7 @@ class CoLLM(WithLoRA, SlotPromptMethod):
 
     # ---------------------------------------------------------------- stages
     def stages(self) -> tuple[str, ...]:
-        return ("lora", "mapping")
+        return self.stage_names
 
     def begin_stage(self, name: str | None) -> None:
         super().begin_stage(name)

@@ -19,8 +19,8 @@ from cora.methods.base import LLMMethod
 from cora.methods.generator import CollaborativeQueryGenerator
 
 
-# The choices of input_norm; LLMConfig refuses others when it is built (cora.ranges mirrors these).
-INPUT_NORMS = ("none", "zscore", "layernorm")
+# input_norm's choices are declared with the setting (cora.config.INPUT_NORMS); LLMConfig refuses
+# others when it is built.
 
 
 class CoRA(LLMMethod):

@@ -24,9 +24,8 @@ from cora.config import LLMConfig
 from cora.data.store import load_dataset
 from cora.errors import CoraError
 from cora.methods.base import EncodedSplit
-from cora.methods.collm import encode_id_slots
-from cora.methods.slots import SlotPromptMethod
-from cora.methods.tallrec import WithLoRA
+from cora.methods.lora import WithLoRA
+from cora.methods.slots import SlotPromptMethod, encode_id_slots
 
 
 class PersonPrompt(WithLoRA, SlotPromptMethod):

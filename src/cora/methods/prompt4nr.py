@@ -31,21 +31,16 @@ import torch
 from torch import nn
 
 from cora.config import LLMConfig
-from cora.data.prompts import build_prompt
+from cora.data.prompts import SOFT_PROMPT_TEMPLATE, build_prompt
 from cora.errors import CoraError
 from cora.llm.slots import tokenize_with_slots
 from cora.llm.tokenize import tokenize_prompts
 from cora.methods.base import EncodedSplit
-from cora.methods.collm import SLOT_MARKER
-from cora.methods.slots import SlotPromptMethod
-from cora.methods.tallrec import WithLoRA
+from cora.methods.lora import WithLoRA
+from cora.methods.slots import SLOT_MARKER, SlotPromptMethod
 
-SOFT_PROMPT_TEMPLATE = (
-    "#Question: {user_slot} {history} [SEP] {item_slot} {target} [SEP] Using all available information, "
-    'make a prediction about whether the user would enjoy the {item}? Answer with "Yes" or "No". \\n#Answer:'
-)
-# The choices of soft_prompt; LLMConfig refuses others when it is built (cora.ranges mirrors these).
-LAYOUTS = ("slots", "prefix")
+# soft_prompt's choices are declared with the setting (cora.config.SOFT_PROMPTS); LLMConfig refuses
+# others when it is built.
 
 
 class Prompt4NR(WithLoRA, SlotPromptMethod):

@@ -6,13 +6,22 @@ vectors placed among the prompt's word embeddings, with the backbone itself unto
 (``slot_offsets``, negative; see ``cora.llm.slots``): prompts are left-padded, so in a batch of
 width ``T`` a slot sits at ``T + offset`` whatever the padding. The slot's own token id is a
 filler whose embedding is replaced.
+
+Shared by the slot methods (no method of its own): :class:`SlotPromptMethod`, the slot marker and
+:func:`encode_id_slots`, CoLLM's prompt with one slot per ID (CoLLM, PersonPrompt).
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
-from cora.methods.base import LLMMethod
+from cora.data.prompts import COLLM_TEMPLATE, build_prompt
+from cora.llm.slots import tokenize_with_slots
+from cora.methods.base import EncodedSplit, LLMMethod
+
+# Written where an embedding goes (cora.llm.slots makes it ONE position); never reaches the model as text.
+SLOT_MARKER = "<|cf-slot|>"
 
 
 class SlotPromptMethod(LLMMethod):
@@ -33,3 +42,14 @@ class SlotPromptMethod(LLMMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(batch, inputs_embeds=self.embed_with_slots(batch))
+
+
+def encode_id_slots(method: SlotPromptMethod, df: pd.DataFrame, domain: str) -> EncodedSplit:
+    """CoLLM's prompt with one vector slot for the user and one for the target item (also
+    PersonPrompt's prompt: the two differ only in where the slot vectors come from)."""
+    max_titles = 0 if method.cfg.no_titles else method.cfg.max_titles
+    texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
+                          item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
+    ids, slots = tokenize_with_slots(method.tokenizer, texts, SLOT_MARKER, 2, method.bos_token_id,
+                                     method.pad_token_id, method.cfg.max_length)
+    return method.make_split(df, ids, slot_offsets=torch.tensor(slots, dtype=torch.long).reshape(-1, 2))

@@ -54,7 +54,7 @@ def backbone_row(name: str, dtype: str, device: str, questions: dict[str, list[Q
 
 
 def run_rows(run: Path, questions: dict[str, list[Question]], batch_size: int, seed: int) -> list[Row]:
-    from cora.methods import CoRA
+    from cora.methods.cora import CoRA
     from cora.train.run import load_run
 
     method, cfg, ds = load_run(run)

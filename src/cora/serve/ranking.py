@@ -40,7 +40,7 @@ import pandas as pd
 from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.eval.ranking import ranking_metrics
-from cora.io import read_json, write_json, write_parquet
+from cora.io import update_json, write_parquet
 from cora.serve.catalog import Catalog, train_ids
 from cora.serve.recommend import Recommender, check_k
 
@@ -162,8 +162,5 @@ def evaluate_ranking(run: str | Path, split: str = "test", k: int = 10, candidat
     metrics, table = rank_users(rec, split, k, candidates, limit_users, show_progress=show_progress)
     key = ranking_key(split, k, candidates, limit_users)
     write_parquet(run / f"{key}.parquet", table)
-    path = run / "metrics.json"
-    all_metrics = read_json(path) if path.exists() else {}
-    all_metrics[key] = metrics
-    write_json(path, all_metrics)
+    update_json(run / "metrics.json", {key: metrics})
     return metrics

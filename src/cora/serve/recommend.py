@@ -24,7 +24,7 @@ from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import LLMConfig
 from cora.data.store import Dataset
 from cora.errors import CoraError
-from cora.methods import LLMMethod
+from cora.methods.base import LLMMethod
 from cora.serve.catalog import Catalog, UnknownIdError
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run

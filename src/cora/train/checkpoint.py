@@ -15,7 +15,9 @@ asked to keep it (``cora train --keep-checkpoint``).
 
 from __future__ import annotations
 
+import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,3 +71,46 @@ def drop_checkpoint(folder: Path) -> None:
     folder = Path(folder)
     remove_partial(folder)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class LoopState:
+    """The training loop's resumable counters, as one object: what :func:`save_loop` writes and
+    :func:`load_loop` gives back, so what is saved and what is restored cannot drift apart."""
+
+    step: int = 0  # optimizer steps taken
+    micro: int = 0  # batches seen (grad_accum of them per step): the resume offset in the data order
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "step": 0})
+    bad: int = 0  # validations since the best
+    # The training losses since the last validation (a checkpoint between validations has some),
+    # so the next log line's mean loss is the uninterrupted run's.
+    running: list = field(default_factory=list)
+    # Training time before the interruption (up to its last checkpoint), so a resumed run reports
+    # the time it took in all; the log's length then, for the truncate on resume.
+    elapsed_s: float = 0.0
+    log_bytes: int = 0
+
+
+def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, opt, sched) -> None:
+    """The last state of a run (main process only): trainable tensors, optimizer, scheduler, RNGs
+    and the counters of ``st``, swapped in atomically."""
+    save_checkpoint(folder, trainable, {
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "step": st.step, "best": st.best, "bad": st.bad, "micro": st.micro, "elapsed_s": st.elapsed_s,
+        "running": st.running, "log_bytes": st.log_bytes})
+
+
+def load_loop(folder: Path, opt, sched) -> tuple[dict[str, torch.Tensor], LoopState]:
+    """The trainable tensors and counters of the checkpoint in ``folder``; the optimizer,
+    scheduler and RNGs are restored in place."""
+    trainable, state = load_checkpoint(folder)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    st = LoopState(step=state["step"], micro=state["micro"], best=state["best"], bad=state["bad"],
+                   running=list(state.get("running", [])), elapsed_s=state["elapsed_s"], log_bytes=state["log_bytes"])
+    return trainable, st

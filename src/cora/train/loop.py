@@ -26,7 +26,7 @@ from cora.errors import CoraError
 from cora.eval.metrics import auc, uauc
 from cora.io import is_no_space, kill_point, no_space_error, read_json, write_json
 from cora.methods.base import EncodedSplit, LLMMethod
-from cora.train.checkpoint import (drop_checkpoint, has_checkpoint, load_checkpoint, prepare_resume, save_checkpoint,
+from cora.train.checkpoint import (LoopState, drop_checkpoint, has_checkpoint, load_loop, prepare_resume, save_loop,
                                    save_tensors)
 from cora.train.sampling import EpochBatches
 from cora.train.schedule import warmup_cosine
@@ -155,105 +155,87 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     model, opt = acc.prepare(method, opt)
     unwrapped: LLMMethod = acc.unwrap_model(model)
 
-    step, best, bad, micro, elapsed_before, log_bytes = 0, {"score": -math.inf, "step": 0}, 0, 0, 0.0, 0
-    running: list[float] = []  # training losses since the last validation
+    st = LoopState()
     if acc.is_main_process:
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
     if resume and has_checkpoint(ckpt):
-        trainable, state = load_checkpoint(ckpt)
+        trainable, st = load_loop(ckpt, opt, sched)
         unwrapped.load_trainable_state_dict(trainable)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        step, best, bad, micro = state["step"], state["best"], state["bad"], state["micro"]
-        # The losses since the last validation (a checkpoint between validations has some), so the
-        # next log line's mean loss is the uninterrupted run's; none at a validation's checkpoint.
-        running = list(state.get("running", []))
-        # Training time before the interruption (up to its last checkpoint), so a resumed run
-        # reports the time it took in all, not only its last piece.
-        elapsed_before, log_bytes = state["elapsed_s"], state["log_bytes"]
     elif cfg.calibrate_logit:
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
     log_path = out / "log.jsonl"
-    if acc.is_main_process and log_path.exists() and log_path.stat().st_size > log_bytes:
+    if acc.is_main_process and log_path.exists() and log_path.stat().st_size > st.log_bytes:
         # Lines written after the checkpoint this run starts from (a kill between a validation's
         # log line and its checkpoint, or before the first checkpoint) are about to be written
         # again: drop them, or the log would hold them twice.
-        os.truncate(log_path, log_bytes)
+        os.truncate(log_path, st.log_bytes)
     log = open(log_path, "a")
     # t0 starts the training clock (time_s, wall_time_s), set back by the time trained before a
     # resume; `started` times this process alone, for its samples/s.
     # A checkpoint written at the validation that ran out of patience (killed before the summary)
     # resumes into a stopped run, not into more steps.
-    started, seen, stop_reason = time.time(), 0, "patience" if bad >= cfg.patience else "max_steps"
-    t0 = started - elapsed_before
+    started, seen, stop_reason = time.time(), 0, "patience" if st.bad >= cfg.patience else "max_steps"
+    t0 = started - st.elapsed_s
     last_save = started
 
     def checkpoint() -> None:  # main process only: the last state, swapped in atomically
         nonlocal last_save
-        save_checkpoint(ckpt, unwrapped.trainable_state_dict(), {
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "step": step, "best": best, "bad": bad, "micro": micro, "elapsed_s": time.time() - t0,
-            "running": running,
-            # The log as of this checkpoint (flushed before), for the truncate on resume.
-            "log_bytes": os.fstat(log.fileno()).st_size})
+        st.elapsed_s = time.time() - t0
+        st.log_bytes = os.fstat(log.fileno()).st_size  # the log as of this checkpoint (flushed before)
+        save_loop(ckpt, unwrapped.trainable_state_dict(), st, opt, sched)
         last_save = time.time()
 
     def bar_info(loss: float, rate: float) -> str:  # reads `best` when called: after a validation too
-        return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {best['score']:.4f}@{best['step']}"
+        return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {st.best['score']:.4f}@{st.best['step']}"
 
     model.train()
     with _progress(show_progress and acc.is_main_process) as progress:
-        task = progress.add_task(f"train {cfg.method}", total=cfg.max_steps, completed=step, info="")
-        while step < cfg.max_steps and stop_reason == "max_steps":
-            epoch, offset = divmod(micro, len(sampler))
+        task = progress.add_task(f"train {cfg.method}", total=cfg.max_steps, completed=st.step, info="")
+        while st.step < cfg.max_steps and stop_reason == "max_steps":
+            epoch, offset = divmod(st.micro, len(sampler))
             sampler.set_epoch(epoch)
             for i, rows in enumerate(sampler):
                 if i < offset:
                     continue
                 local = rows[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
                 batch = {k: v.to(acc.device) for k, v in unwrapped.collate(train, local).items()}
-                sync = (micro + 1) % cfg.grad_accum == 0
+                sync = (st.micro + 1) % cfg.grad_accum == 0
                 ctx = acc.no_sync(model) if not sync else _null()
                 with ctx:
                     logits = model(batch)
                     loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
                     if not torch.isfinite(loss):
-                        raise CoraError(f"loss became {loss.item()} at step {step + 1} (lower --lr; the last "
+                        raise CoraError(f"loss became {loss.item()} at step {st.step + 1} (lower --lr; the last "
                                         f"checkpoint in {ckpt} is intact)")
                     acc.backward(loss / cfg.grad_accum)
-                micro += 1
+                st.micro += 1
                 seen += len(rows)
-                running.append(loss.item())
+                st.running.append(loss.item())
                 if not sync:
                     continue
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                step += 1
+                st.step += 1
                 kill_point("step")  # the kill -9 tests' mid-training moment (cora.io.kill_point)
                 rate = seen / max(time.time() - started, 1e-9)
-                progress.update(task, completed=step, info=bar_info(np.mean(running[-20:]), rate))
-                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                progress.update(task, completed=st.step, info=bar_info(np.mean(st.running[-20:]), rate))
+                if st.step % cfg.eval_every == 0 or st.step == cfg.max_steps:
                     scores = predict(unwrapped, valid, cfg.eval_batch_size, acc)
                     score = selection_score(valid_labels, valid_users, scores, cfg.selection_metric)
-                    improved = score > best["score"]
+                    improved = score > st.best["score"]
                     if improved:
-                        best, bad = {"score": score, "step": step}, 0
+                        st.best, st.bad = {"score": score, "step": st.step}, 0
                         if acc.is_main_process:
                             save_tensors(out / "model.safetensors", unwrapped.trainable_state_dict())
                     else:
-                        bad += 1
-                    record = {"step": step, "epoch": epoch, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
-                              f"valid_{cfg.selection_metric}": score, "best": best["score"], "best_step": best["step"],
+                        st.bad += 1
+                    record = {"step": st.step, "epoch": epoch, "loss": float(np.mean(st.running)), "lr": sched.get_last_lr()[0],
+                              f"valid_{cfg.selection_metric}": score, "best": st.best["score"], "best_step": st.best["step"],
                               "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
-                    running = []
+                    st.running = []
                     progress.update(task, info=bar_info(record["loss"], rate))  # the best may have changed
                     if acc.is_main_process:
                         try:
@@ -265,24 +247,24 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                             raise
                         if show_progress and not progress.console.is_terminal:
                             # A bar is invisible in a log file: say each validation in one line.
-                            progress.console.print(f"step {step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
-                                                   f"{cfg.selection_metric} {score:.4f}  best {best['score']:.4f}"
-                                                   f"@{best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
+                            progress.console.print(f"step {st.step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
+                                                   f"{cfg.selection_metric} {score:.4f}  best {st.best['score']:.4f}"
+                                                   f"@{st.best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
                         checkpoint()
                     acc.wait_for_everyone()
-                    if bad >= cfg.patience:
+                    if st.bad >= cfg.patience:
                         stop_reason = "patience"
-                elif step < cfg.max_steps and _main_says(acc, time.time() - last_save >= 60 * cfg.checkpoint_every_min):
+                elif st.step < cfg.max_steps and _main_says(acc, time.time() - last_save >= 60 * cfg.checkpoint_every_min):
                     # Between validations: the same state, so a kill costs minutes, not a whole
                     # validation interval.
                     if acc.is_main_process:
                         checkpoint()
                     acc.wait_for_everyone()
-                if step >= cfg.max_steps or stop_reason != "max_steps":
+                if st.step >= cfg.max_steps or stop_reason != "max_steps":
                     break
     log.close()
-    summary = {"steps": step, "stop_reason": stop_reason, "best_step": best["step"],
-               f"best_valid_{cfg.selection_metric}": best["score"], "wall_time_s": round(time.time() - t0, 1),
+    summary = {"steps": st.step, "stop_reason": stop_reason, "best_step": st.best["step"],
+               f"best_valid_{cfg.selection_metric}": st.best["score"], "wall_time_s": round(time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -23,12 +23,14 @@ from rich.console import Console
 
 from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import PLACEMENT_FIELDS, LLMConfig
+from cora.ranges import fields_of_kind
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import evaluate_predictions
-from cora.io import read_json, read_yaml_mapping, removed_on_failure, write_json, write_parquet
+from cora.io import read_json, read_yaml_mapping, removed_on_failure, update_json, write_json, write_parquet
 from cora.llm.backbone import load_backbone
-from cora.methods import LLMMethod, method_class
+from cora.methods import method_class
+from cora.methods.base import LLMMethod
 from cora.train.checkpoint import load_tensors, save_tensors
 from cora.train.loop import fit, hardware, make_accelerator, predict
 from cora.data.sampling import sample_rows, sample_users, split_key
@@ -175,15 +177,11 @@ def _stages_hardware(summaries: dict[str, dict]) -> str | None:
 
 
 # Settings that do not touch a text-only LoRA stage (CoLLM's / BinLLM's first stage is TALLRec):
-# which method, its CF run, its own parts (CoRA's generator, CoLLM's MLP, BinLLM's codes, soft prompts).
-_NOT_STAGE_SETTINGS = {*PLACEMENT_FIELDS, "method", "cf", "eval_batch_size", "extra", "modules", "rank", "alpha",
-                       "gen_queries", "gen_layers", "gen_heads", "gen_ffn", "gen_dropout", "collm_mlp_hidden",
-                       "binllm_bits", "binllm_dot_decimal", "binllm_text_stage", "soft_tokens", "prompt_lora",
-                       "soft_prompt", "input_norm", "stage_settings",
-                       # A donor trained with another seed is the same training of another draw:
-                       # seeded rows may share one (CoLLM-MF's seeds on one TALLRec run). The
-                       # stage's summary keeps the donor's seed.
-                       "seed"}
+# where it ran, the method's own parts (kinds "placement" and "method" in cora.config), plus two
+# that do not change what the stage trained: how validation batches rows, and the seed (a donor
+# trained with another seed is the same training of another draw: seeded rows may share one,
+# CoLLM-MF's seeds on one TALLRec run; the stage's summary keeps the donor's seed).
+_NOT_STAGE_SETTINGS = fields_of_kind(LLMConfig, "placement", "method") | {"eval_batch_size", "seed"}
 
 
 def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> dict:
@@ -260,8 +258,5 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     metrics = evaluate_predictions(pred)
     metrics["eval"] = {"limit": limit, "per_user": per_user, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    path = run / "metrics.json"
-    all_metrics = read_json(path) if path.exists() else {}
-    all_metrics[key] = metrics
-    write_json(path, all_metrics)
+    update_json(run / "metrics.json", {key: metrics})
     return metrics

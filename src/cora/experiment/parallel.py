@@ -25,69 +25,47 @@ from pathlib import Path
 from rich.console import Console
 
 from cora.errors import CoraError
+from cora.experiment.carry import committed_predictions, committed_results
+from cora.experiment.execute import run_cf, run_training
+from cora.experiment.plan import Training
 
 console = Console()
 
 
 @dataclass
 class Task:
-    name: str                      # "cf:mf", "TALLRec", "CoRA-MF#2" (row CoRA-MF, seed 2)
+    name: str                      # Training.task: "cf:mf", "TALLRec", "CoRA-MF#2" (row CoRA-MF, seed 2)
     needs: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0
     state: str = "waiting"         # waiting, running, done, failed, skipped, stopped
 
 
-def task_name(row: dict, seed: int | None) -> str:
-    return row["name"] + ("" if seed is None else f"#{seed}")
-
-
-def parse_task(exp, name: str) -> tuple[str, dict | str, int | None]:
-    """('cf', key, None) or ('llm', row, seed) for a task name; a clear error for a bad one."""
+def parse_task(exp, name: str) -> Training:
+    """The training a ``--task`` value names (:attr:`Training.task`); a clear error for a bad one."""
     if name.startswith("cf:"):
         key = name[3:]
         if key not in exp.cf:
             raise CoraError(f"--task {name}: no CF model '{key}' under 'cf' (have: {', '.join(exp.cf)})")
-        return "cf", key, None
+        return exp.plan.cf_models[key]
     row_name, _, seed = name.partition("#")
-    rows = [r for r in exp.rows if r["name"] == row_name and "method" in r]
+    rows = [r for r in exp.rows if r.name == row_name and r.method is not None]
     if not rows:
         raise CoraError(f"--task {name}: no LLM row '{row_name}'")
     row = rows[0]
     if seed:
-        if not seed.isdigit() or int(seed) not in (row.get("seeds") or []):
-            raise CoraError(f"--task {name}: row '{row_name}' has no seed {seed} (seeds: {row.get('seeds')})")
-        return "llm", row, int(seed)
-    if row.get("seeds"):
-        raise CoraError(f"--task {name}: row '{row_name}' is seeded; name one seed, e.g. {row_name}#{row['seeds'][0]}")
-    return "llm", row, None
+        if not seed.isdigit() or int(seed) not in (row.seeds or []):
+            raise CoraError(f"--task {name}: row '{row_name}' has no seed {seed} (seeds: {row.seeds})")
+        return exp.plan.training(row.name, int(seed))
+    if row.seeds:
+        raise CoraError(f"--task {name}: row '{row_name}' is seeded; name one seed, e.g. {row_name}#{row.seeds[0]}")
+    return exp.plan.training(row.name)
 
 
-def plan(exp, only: list[str] | None = None) -> list[Task]:
+def plan_tasks(exp, only: list[str] | None = None) -> list[Task]:
     """Every training of the rows in ``only`` (default: all), with the CF models and stage donors
     they read, as tasks in the file's row order, which is the order ready tasks start in."""
-    tasks: dict[str, Task] = {}  # every training of the file, in its order
-    for row in exp.rows:
-        if row.get("cf"):
-            tasks.setdefault(f"cf:{row['cf']}", Task(f"cf:{row['cf']}"))
-        for seed, _ in exp.seed_runs(row) if "method" in row else []:
-            needs = [f"cf:{row['cf']}"] if row.get("cf") else []
-            for donor_name in (row.get("stage_from") or {}).values():
-                donor = exp._row(donor_name)
-                needs.append(task_name(donor, seed if donor.get("seeds") else None))
-            tasks[task_name(row, seed)] = Task(task_name(row, seed), needs)
-    # The wanted rows' own trainings, then whatever they need, transitively.
-    wanted = set(only or [r["name"] for r in exp.rows])
-    chosen = {f"cf:{r['cf']}" for r in exp.rows if r["name"] in wanted and "method" not in r}
-    chosen |= {task_name(r, seed) for r in exp.rows if r["name"] in wanted and "method" in r
-               for seed, _ in exp.seed_runs(r)}
-    todo = list(chosen)
-    while todo:
-        for need in tasks[todo.pop()].needs:
-            if need not in chosen:
-                chosen.add(need)
-                todo.append(need)
-    return [t for name, t in tasks.items() if name in chosen]
+    return [Task(t.task, [n.task for n in t.needs]) for t in exp.plan.needed(only)]
 
 
 def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, deadline_s: float | None = None,
@@ -95,7 +73,7 @@ def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, de
     """Run the planned tasks, at most ``jobs`` at a time; returns each task's final state."""
     if jobs < 1:
         raise CoraError(f"--jobs must be >= 1 (got {jobs})")
-    tasks = plan(exp, only)
+    tasks = plan_tasks(exp, only)
     logs = Path(exp.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -176,11 +154,9 @@ def _log_name(task: str) -> str:
 
 def run_task(exp, name: str) -> None:
     """One training, as the sequential loop runs it (a carried or finished one is not redone)."""
-    from cora.train.experiment import _committed, _committed_predictions, _run_cf, run_training
-
-    kind, what, seed = parse_task(exp, name)
-    if kind == "cf":  # the CF model its LLM rows read (a CF row's own result comes from it)
-        _run_cf(exp, what)
+    t = parse_task(exp, name)
+    if t.row is None:  # the CF model its LLM rows read (a CF row's own result comes from it)
+        run_cf(exp, t.cf)
         return
-    committed, _ = _committed(exp)
-    run_training(exp, what, seed, committed, _committed_predictions(exp) if committed else {})
+    committed, _ = committed_results(exp)
+    run_training(exp, t, committed, committed_predictions(exp) if committed else {})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cora.eval.curves import read_log, stage_folders
+from cora.experiment.carry import committed_results
 from cora.io import read_json
 
 
@@ -33,20 +34,14 @@ class TrainingStatus:
 
 def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus]:
     """One status per training of the rows in ``only`` (default all), in the file's order."""
-    from cora.train.experiment import _committed, run_key
-    from cora.train.parallel import plan
-
-    committed, _ = _committed(exp)
+    committed, _ = committed_results(exp)
     out = []
-    for task in plan(exp, only):
-        if task.name.startswith("cf:"):
-            out.append(_cf_status(task.name, exp.cf_dir(task.name[3:])))
+    for t in exp.plan.needed(only):
+        if t.row is None:  # a CF model
+            out.append(_cf_status(t.name, t.run))
             continue
-        row_name, _, seed = task.name.partition("#")
-        row = exp._row(row_name)
-        seed = int(seed) if seed else None
-        status = _llm_status(run_key(row, seed), exp.seed_dir(row, seed), exp.seed_config(row, seed))
-        if status.state == "not started" and run_key(row, seed) in committed:
+        status = _llm_status(t.name, t.run, t.config)
+        if status.state == "not started" and t.name in committed:
             status.state, status.detail = "committed", f"from {exp.results_root / 'results.json'}"
         out.append(status)
     return out
