@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cora import layout
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping, write_yaml
 from cora.methods import METHOD_NAMES
@@ -297,5 +298,5 @@ def method_defaults(method: str, cf_model: str | None = None) -> dict[str, Any]:
 
 def cf_model_of(run: str | Path) -> str | None:
     """The CF model ('mf', 'lightgcn', 'sasrec') of a CF run folder; None where it has no config yet."""
-    path = Path(run) / "config.yaml"
+    path = Path(run) / layout.CONFIG
     return read_yaml_mapping(path, "CF run config").get("model") if path.exists() else None

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cora import layout
 from cora.cf.data import batches, table_tensors
 from cora.cf.models import CFModel, LightGCN, build_cf_model
 from cora.config import CFConfig
@@ -76,13 +77,13 @@ def _save_state(path: Path, model, opt, epoch: int, best: dict, bad: int, gen: t
 def differing_settings(cfg: CFConfig, run: Path) -> list[str]:
     """The settings of ``cfg`` that differ from those the run folder ``run`` was trained with,
     minus the ones that may be raised to continue a run (epochs, patience)."""
-    return cfg.differing_fields(CFConfig.load(run / "config.yaml"), ignore={"epochs", "patience"})
+    return cfg.differing_fields(CFConfig.load(run / layout.CONFIG), ignore={"epochs", "patience"})
 
 
 def _check_same_settings(cfg: CFConfig, out: Path) -> None:
     """Resuming (or reusing a finished run) with other settings would mix two models in one folder."""
     if diff := differing_settings(cfg, out):
-        saved = CFConfig.load(out / "config.yaml")
+        saved = CFConfig.load(out / layout.CONFIG)
         raise CoraError(f"{out}: the run there used other settings for {', '.join(diff)} "
                         f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)}); use another --out or the same settings")
 
@@ -94,26 +95,26 @@ def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CoraError(f"{out}: exists and is not a folder (choose another --out)")
-    keep = lambda o: (o / "checkpoint").exists() or (o / "model.safetensors").exists()  # noqa: E731
+    keep = lambda o: (o / layout.CHECKPOINT).exists() or (o / layout.WEIGHTS).exists()  # noqa: E731
     with removed_on_failure(out, keep=keep):
         return _train_cf(cfg, out, resume, show_progress)
 
 
 def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> dict:
     ds = load_dataset(cfg.data)
-    ckpt = out / "checkpoint"
-    if (out / "metrics.json").exists() and (out / "model.safetensors").exists():
+    ckpt = out / layout.CHECKPOINT
+    if (out / layout.METRICS).exists() and (out / layout.WEIGHTS).exists():
         if resume:
             _check_same_settings(cfg, out)
             shutil.rmtree(ckpt, ignore_errors=True)  # killed between writing the metrics and deleting it
-            return read_json(out / "metrics.json")
+            return read_json(out / layout.METRICS)
         raise CoraError(f"{out}: a finished run is already there (choose another --out)")
     if out.exists() and not resume and any(out.iterdir()):
         raise CoraError(f"{out}: run folder exists and is not empty")
-    if (out / "config.yaml").exists():
+    if (out / layout.CONFIG).exists():
         _check_same_settings(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+    cfg.save(out / layout.CONFIG)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -128,7 +129,7 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
     start_epoch, best, bad, elapsed_before, log_bytes = 0, {"auc": -1.0, "epoch": -1}, 0, 0.0, 0
     best_part = out / "model.safetensors.part"
     # Leftovers of writes a kill interrupted: a checkpoint swapped aside goes back, temporaries go.
-    for name in ("model.safetensors", "predictions-valid.parquet", "predictions-test.parquet", "metrics.json"):
+    for name in (layout.WEIGHTS, "predictions-valid.parquet", "predictions-test.parquet", layout.METRICS):
         remove_partial(out / name)  # (model.safetensors' pattern covers model.safetensors.part's too)
     remove_partial(ckpt)
     if resume and has_state(ckpt, "state"):
@@ -139,7 +140,7 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         elapsed_before, log_bytes = state["elapsed_s"], state["log_bytes"]  # a resumed run reports its time in all
-    log_path = out / "log.jsonl"
+    log_path = out / layout.LOG
     if log_path.exists() and log_path.stat().st_size > log_bytes:
         # Epochs logged after the checkpoint this run starts from are trained and logged again.
         os.truncate(log_path, log_bytes)
@@ -190,13 +191,13 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
                 break
     log.close()
     if best_part.exists():
-        best_part.replace(out / "model.safetensors")
-    elif best["epoch"] < 0 or not (out / "model.safetensors").exists():  # else: moved there before a kill
+        best_part.replace(out / layout.WEIGHTS)
+    elif best["epoch"] < 0 or not (out / layout.WEIGHTS).exists():  # else: moved there before a kill
         raise CoraError(f"{out}: no epoch produced a valid AUC (is the valid split single-class?)")
     metrics = _final_metrics(out, cfg, ds)
     metrics["train"] = {"best_epoch": best["epoch"], "epochs_run": epochs_run, "wall_time_s": round(time.time() - t0, 1),
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    write_json(out / "metrics.json", metrics)
+    write_json(out / layout.METRICS, metrics)
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics
 
@@ -204,16 +205,16 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
 def load_cf_run(run: str | Path) -> tuple[CFModel, CFConfig, Dataset]:
     """Load a finished CF run's best model (frozen, eval mode) with its config and dataset."""
     run = Path(run)
-    if not (run / "config.yaml").exists() or not (run / "model.safetensors").exists():
+    if not (run / layout.CONFIG).exists() or not (run / layout.WEIGHTS).exists():
         raise CoraError(f"{run}: not a finished CF run (needs config.yaml and model.safetensors)")
-    if "method" in read_yaml_mapping(run / "config.yaml", "run config"):
+    if "method" in read_yaml_mapping(run / layout.CONFIG, "run config"):
         raise CoraError(f"{run}: an LLM run, not a CF run (its config.yaml names a method)")
-    cfg = CFConfig.load(run / "config.yaml")
-    state = read_safetensors(run / "model.safetensors", "CF model file")  # a corrupt file fails before any work
+    cfg = CFConfig.load(run / layout.CONFIG)
+    state = read_safetensors(run / layout.WEIGHTS, "CF model file")  # a corrupt file fails before any work
     ds = load_dataset(cfg.data)
     model = prepare_model(cfg, ds)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_tensors(run / "model.safetensors", state, expected, f"a {cfg.model} model of '{ds.name}' with dim {cfg.dim}")
+    check_tensors(run / layout.WEIGHTS, state, expected, f"a {cfg.model} model of '{ds.name}' with dim {cfg.dim}")
     model.load_state_dict(state)
     model.eval()
     model.requires_grad_(False)
@@ -241,7 +242,7 @@ def _final_metrics(out: Path, cfg: CFConfig, ds: Dataset) -> dict:
     metrics = {}
     for split in ("valid", "test"):
         pred = predict(model, ds.split(split), _history_len(model, cfg))
-        write_parquet(out / f"predictions-{split}.parquet", pred)
+        write_parquet(out / layout.predictions(split), pred)
         metrics[split] = evaluate_predictions(pred)
     return metrics
 
@@ -256,7 +257,7 @@ def evaluate_cf_run(run: str | Path, split: str, limit: int | None = None, per_u
     model, cfg, ds = load_cf_run(run)
     pred = predict(model, sample_users(ds.split(split), limit, seed=0, per_user=per_user), _history_len(model, cfg))
     key = split_key(split, limit, per_user)
-    write_parquet(Path(run) / f"predictions-{key}.parquet", pred)
+    write_parquet(Path(run) / layout.predictions(key), pred)
     metrics = evaluate_predictions(pred)
-    update_json(Path(run) / "metrics.json", {key: metrics})
+    update_json(Path(run) / layout.METRICS, {key: metrics})
     return metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cora import layout
 from cora.errors import CoraError
 from cora.io import read_json
 
@@ -38,7 +39,7 @@ def run_curve(run: str | Path, metric: str = "auc") -> dict:
     a plot can draw the shared part once, with the donor's row."""
     run = Path(run)
     key = f"valid_{metric}"
-    parts = [(name, *_stage_log(p)) for name, p in stage_folders(run)] or [("train", run / "log.jsonl", False)]
+    parts = [(name, *_stage_log(p)) for name, p in stage_folders(run)] or [("train", run / layout.LOG, False)]
     steps, values, losses, starts, offset, shared_until, leading = [], [], [], [], 0, 0, True
     for name, log, reused in parts:
         records = [r for r in read_log(log) if key in r]
@@ -63,12 +64,12 @@ def stage_folders(run: Path) -> list[tuple[str, Path]]:
 
 def _stage_log(stage: Path) -> tuple[Path, bool]:
     """(the log to read, whether the stage was taken from another run: then its donor's log)."""
-    summary = stage / "train_summary.json"
+    summary = stage / layout.SUMMARY
     if summary.exists():
         donor = read_json(summary, "stage summary", mapping=True).get("reused_from")
         if donor:
-            return Path(donor) / "log.jsonl", True
-    return stage / "log.jsonl", False
+            return Path(donor) / layout.LOG, True
+    return stage / layout.LOG, False
 
 
 def curves_table(curves: dict[str, dict], max_columns: int = 20) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cora import layout
 from cora.errors import CoraError
 from cora.eval.bootstrap import METRICS, paired_bootstrap, read_predictions
 from cora.eval.metrics import evaluate_predictions
@@ -39,7 +40,7 @@ def run_label(run: Path) -> str:
 
 def _run_identity(run: Path) -> tuple[str, str]:
     """(row name, kind: the LLM method or the CF model)."""
-    cfg_path = run / "config.yaml"
+    cfg_path = run / layout.CONFIG
     if not cfg_path.exists():
         raise CoraError(f"{run}: not a run folder (no config.yaml)")
     cfg = read_yaml_mapping(cfg_path, "run config")
@@ -48,7 +49,7 @@ def _run_identity(run: Path) -> tuple[str, str]:
         return METHOD_NAMES.get(model, model), model
     name = METHOD_NAMES.get(cfg["method"], cfg["method"])
     if cfg.get("cf"):
-        cf_cfg = Path(cfg["cf"]) / "config.yaml"
+        cf_cfg = Path(cfg["cf"]) / layout.CONFIG
         if cf_cfg.exists():
             cf_model = str(read_yaml_mapping(cf_cfg, "CF run config").get("model", ""))
             name += "-" + METHOD_NAMES.get(cf_model, cf_model)
@@ -65,7 +66,7 @@ def report_rows(runs: list[Path], split: str) -> list[dict]:
     folder name added, so every row name is unique (the bootstrap keys rows by name)."""
     rows = []
     for run in runs:
-        path = run / "metrics.json"
+        path = run / layout.METRICS
         metrics = read_json(path, "metrics file", mapping=True) if path.exists() else {}
         if split not in metrics:
             have = ", ".join(k for k in metrics if isinstance(metrics[k], dict) and "auc" in metrics[k]) or "none"
@@ -82,7 +83,7 @@ def report_rows(runs: list[Path], split: str) -> list[dict]:
 def run_predictions(run: str | Path, split: str, n: int | None = None) -> pd.DataFrame:
     """A run's ``predictions-<split>.parquet``; ``n`` (its metrics.json row count) guards against
     predictions overwritten by a later evaluation of another sample."""
-    path = Path(run) / f"predictions-{split}.parquet"
+    path = Path(run) / layout.predictions(split)
     df = read_predictions(path)
     if n is not None and len(df) != n:
         raise CoraError(f"{path}: {len(df):,} rows but metrics.json counts {n:,} for '{split}' "
@@ -215,7 +216,7 @@ def build_report(runs: list[Path] | None, predictions: list[Path] | None, split:
     else:
         rows = report_rows(list(runs), split)
         frames = [[run_predictions(r["run"], split, r["n"])] for r in rows]
-        sources = [[str(Path(r["run"]) / f"predictions-{split}.parquet")] for r in rows]
+        sources = [[str(Path(r["run"]) / layout.predictions(split))] for r in rows]
     return rows, add_intervals(rows, frames, sources=sources, reference=reference, resamples=resamples, seed=seed)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from cora import layout
 from cora.config import PLACEMENT_FIELDS, CFConfig
 from cora.errors import CoraError
 from cora.eval.bootstrap import read_predictions
@@ -100,7 +101,7 @@ def carried_run(exp: Experiment, t: Training, committed: dict, files: dict) -> d
 
 
 # ------------------------------------------------------------------ kept CF runs
-CF_KEPT_NEEDS = ("config.yaml", "model.safetensors", "metrics.json")
+CF_KEPT_NEEDS = (layout.CONFIG, layout.WEIGHTS, layout.METRICS)
 
 
 def restore_cf(cfg: CFConfig, kept: Path, out: Path) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from cora import layout
 from cora.errors import CoraError
 from cora.experiment.carry import (carried_run, committed_predictions, committed_results, copy_files, keep_cf,
                                    restore_cf)
@@ -49,7 +50,7 @@ def run_cf(exp: Experiment, key: str) -> Path:
     if kept is not None and not (out.exists() and any(out.iterdir())):
         restore_cf(cfg, kept, out)
     train_cf(cfg, out, resume=True)
-    if exp.key not in read_json(out / "metrics.json"):
+    if exp.key not in read_json(out / layout.METRICS):
         evaluate_cf_run(out, "test", exp.test_limit, exp.per_user)
     if kept is not None:
         keep_cf(cfg, out, kept)
@@ -63,15 +64,15 @@ def run_llm(exp: Experiment, t: Training) -> Path:
     if t.cf:
         run_cf(exp, t.cf)
     stage_from = {stage: donor_dir(exp, donor) for stage, donor in t.stage_from.items()}
-    if not (out / "train_summary.json").exists():
-        train_run(t.config, out, resume=(out / "config.yaml").exists(), stage_from=stage_from)
-    metrics = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
+    if not (out / layout.SUMMARY).exists():
+        train_run(t.config, out, resume=(out / layout.CONFIG).exists(), stage_from=stage_from)
+    metrics = read_json(out / layout.METRICS) if (out / layout.METRICS).exists() else {}
     if exp.key not in metrics:
         evaluate_run(out, "test", exp.test_limit, per_user=exp.per_user)
     return out
 
 
-STAGE_FILES = ("config.yaml", "model.safetensors", "train_summary.json")
+STAGE_FILES = (layout.CONFIG, layout.WEIGHTS, layout.SUMMARY)
 
 
 def _kept_stage(exp: Experiment, t: Training) -> Path:
@@ -103,7 +104,7 @@ def keep_stage(exp: Experiment, t: Training) -> None:
     if all((kept / f).exists() and (kept / f).read_bytes() == (run / f).read_bytes() for f in STAGE_FILES):
         return
     # The log too: CoLLM's curve shows its first stage.
-    copy_files(run, kept, [f for f in STAGE_FILES + ("log.jsonl",) if (run / f).exists()])
+    copy_files(run, kept, [f for f in STAGE_FILES + (layout.LOG,) if (run / f).exists()])
 
 
 def run_training(exp: Experiment, t: Training, committed: dict, files: dict) -> None:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cora import layout
 from cora.errors import CoraError
 from cora.eval.bootstrap import COLUMNS
 from cora.eval.curves import curves_table, run_curve
@@ -30,13 +31,13 @@ if TYPE_CHECKING:
 
 
 def _train_info(run: Path) -> dict:
-    summary = run / "train_summary.json"
+    summary = run / layout.SUMMARY
     if summary.exists():
         s = read_json(summary)
         # A staged run's summary is its last (trained) stage's, hardware included.
         return {"steps": s.get("steps"), "train_time_s": s.get("wall_time_s"), "samples_per_s": s.get("samples_per_s"),
                 "stopped": _stopped(s), **({"hardware": s["hardware"]} if s.get("hardware") else {})}
-    metrics = read_json(run / "metrics.json").get("train", {})
+    metrics = read_json(run / layout.METRICS).get("train", {})
     return {"epochs": metrics.get("epochs_run"), "train_time_s": metrics.get("wall_time_s")}
 
 
@@ -63,18 +64,18 @@ def _local_run(exp: Experiment, t: Training) -> dict | None:
         return None
     entry.update(_train_info(run), seed=t.seed)
     # What it actually ran with (its config.yaml), so that another machine can carry it.
-    entry["settings"] = read_yaml_mapping(run / "config.yaml", "run config")
+    entry["settings"] = read_yaml_mapping(run / layout.CONFIG, "run config")
     if "hardware" not in entry:  # a run from before summaries recorded it: the device it asked for
         s = entry["settings"]
         llm = t.row.method is not None
         entry["hardware"] = s.get("device", "cpu") + (" tf32" if s.get("tf32") else "") if llm else "cpu"
     # The CF weights it read (or is): a CF run trained again elsewhere may differ.
-    weights = exp.cf_dir(t.cf) / "model.safetensors" if t.cf else None
+    weights = exp.cf_dir(t.cf) / layout.WEIGHTS if t.cf else None
     if weights is not None and weights.exists():
         entry["cf_sha256"] = sha256_file(weights)
     # A finished run with a corrupt or stale predictions file is an error, not "missing".
     frame = run_predictions(run, exp.key, entry["n"])
-    return {"entry": entry, "frame": frame, "source": str(run / f"predictions-{exp.key}.parquet")}
+    return {"entry": entry, "frame": frame, "source": str(run / layout.predictions(exp.key))}
 
 
 def _finished(exp: Experiment, t: Training, committed: dict, files: dict) -> dict | None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cora import layout
 from cora.eval.curves import read_log, stage_folders
 from cora.experiment.carry import committed_results
 from cora.io import read_json
@@ -48,15 +49,15 @@ def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus
 
 
 def _cf_status(name: str, run: Path) -> TrainingStatus:
-    if (run / "metrics.json").exists():
-        return TrainingStatus(name, "finished", saved=(run / "metrics.json").stat().st_mtime)
-    if (run / "checkpoint").exists():
-        return TrainingStatus(name, "training", saved=(run / "checkpoint").stat().st_mtime)
+    if (run / layout.METRICS).exists():
+        return TrainingStatus(name, "finished", saved=(run / layout.METRICS).stat().st_mtime)
+    if (run / layout.CHECKPOINT).exists():
+        return TrainingStatus(name, "training", saved=(run / layout.CHECKPOINT).stat().st_mtime)
     return TrainingStatus(name, "not started")
 
 
 def _llm_status(name: str, run: Path, cfg) -> TrainingStatus:
-    summary = run / "train_summary.json"
+    summary = run / layout.SUMMARY
     if summary.exists():
         s = read_json(summary)
         best = s.get(f"best_valid_{cfg.selection_metric}")
@@ -68,12 +69,12 @@ def _llm_status(name: str, run: Path, cfg) -> TrainingStatus:
     stages = stage_folders(run)
     folder, stage, stage_cfg = run, "", cfg
     for k, (stage_name, sub) in enumerate(stages, 1):
-        if not (sub / "train_summary.json").exists():  # the stage in progress
+        if not (sub / layout.SUMMARY).exists():  # the stage in progress
             folder, stage, stage_cfg = sub, f"{k}/{len(stages)} {stage_name}", cfg.for_stage(stage_name)
             break
     status = TrainingStatus(name, "started", stage=stage, cap=stage_cfg.max_steps, detail="no checkpoint yet")
     # Only the JSON half of the checkpoint (counters, best): its tensors are not needed here.
-    state_file = folder / "checkpoint" / "state.json"
+    state_file = folder / layout.CHECKPOINT / "state.json"
     if state_file.exists():
         state = read_json(state_file, "checkpoint state", mapping=True).get("state", {})
         status.state, status.detail = "training", ""
@@ -81,7 +82,7 @@ def _llm_status(name: str, run: Path, cfg) -> TrainingStatus:
         best = state.get("best") or {}
         if best.get("step"):
             status.best = f"{best['score']:.4f} @ {best['step']}"
-    records = read_log(folder / "log.jsonl")  # a line being written now is skipped, not an error
+    records = read_log(folder / layout.LOG)  # a line being written now is skipped, not an error
     if records and status.step is not None:
         status.rate = records[-1].get("samples_per_s")
         if status.rate:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cora import layout
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping, write_json
 from cora.probe import report
@@ -43,12 +44,12 @@ def run_config(run: Path):
 
     if not run.is_dir():
         raise CoraError(f"{run}: no such run folder")
-    if not (run / "config.yaml").exists():
+    if not (run / layout.CONFIG).exists():
         raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
-    saved = read_yaml_mapping(run / "config.yaml", "run config")
+    saved = read_yaml_mapping(run / layout.CONFIG, "run config")
     if "model" in saved and "method" not in saved:
         raise CoraError(f"{run}: a CF run, not an LLM run (the probe scores LLMs)")
-    return LLMConfig.load(run / "config.yaml")
+    return LLMConfig.load(run / layout.CONFIG)
 
 
 def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, data: str | Path | None = None,

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cora import layout
 from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.eval.ranking import ranking_metrics
@@ -162,5 +163,5 @@ def evaluate_ranking(run: str | Path, split: str = "test", k: int = 10, candidat
     metrics, table = rank_users(rec, split, k, candidates, limit_users, show_progress=show_progress)
     key = ranking_key(split, k, candidates, limit_users)
     write_parquet(run / f"{key}.parquet", table)
-    update_json(run / "metrics.json", {key: metrics})
+    update_json(run / layout.METRICS, {key: metrics})
     return metrics

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from cora import layout
 from cora.errors import CoraError
 from cora.io import atomic_dir, atomic_path, remove_partial
 from cora.safe_state import has_state, read_state, refuse_pickle, save_tensor_file, write_state
@@ -53,7 +54,7 @@ def prepare_resume(run: Path) -> None:
     """Before a run looks for its checkpoint (main process only): put back ``run/checkpoint``
     where a kill interrupted its swap, and remove the temporaries that killed writes of the
     files only the training process writes left in ``run``."""
-    for name in ("checkpoint", "model.safetensors", "train_summary.json"):
+    for name in (layout.CHECKPOINT, layout.WEIGHTS, layout.SUMMARY):
         remove_partial(Path(run) / name)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cora import layout
 from cora.config import LLMConfig
 from cora.errors import CoraError
 from cora.eval.metrics import auc, uauc
@@ -130,8 +131,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     from accelerate import PartialState
 
     out = Path(out)
-    summary_path = out / "train_summary.json"
-    ckpt = out / "checkpoint"
+    summary_path = out / layout.SUMMARY
+    ckpt = out / layout.CHECKPOINT
     if resume and summary_path.exists():
         if not keep_checkpoint and PartialState().is_main_process:
             drop_checkpoint(ckpt)  # killed between writing the summary and deleting it
@@ -165,7 +166,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     elif cfg.calibrate_logit:
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
-    log_path = out / "log.jsonl"
+    log_path = out / layout.LOG
     if acc.is_main_process and log_path.exists() and log_path.stat().st_size > st.log_bytes:
         # Lines written after the checkpoint this run starts from (a kill between a validation's
         # log line and its checkpoint, or before the first checkpoint) are about to be written
@@ -229,7 +230,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     if improved:
                         st.best, st.bad = {"score": score, "step": st.step}, 0
                         if acc.is_main_process:
-                            save_tensors(out / "model.safetensors", unwrapped.trainable_state_dict())
+                            save_tensors(out / layout.WEIGHTS, unwrapped.trainable_state_dict())
                     else:
                         st.bad += 1
                     record = {"step": st.step, "epoch": epoch, "loss": float(np.mean(st.running)), "lr": sched.get_last_lr()[0],

@@ -1,14 +1,8 @@
 """Run folders for LLM methods: build a method from a config, train it, evaluate it.
 
-RUN/config.yaml            the resolved LLMConfig (rebuilds the run)
-RUN/model.safetensors      best trainable tensors only
-RUN/stage-<k>-<name>/      methods trained in stages (CoLLM, BinLLM): one loop folder per stage
-RUN/checkpoint/            last state for --resume (cora.train.checkpoint); deleted when the run
-                           finishes unless --keep-checkpoint
-RUN/log.jsonl              one line per validation
-RUN/train_summary.json     steps, stop reason, wall time, samples/s, peak memory
-RUN/metrics.json           {split: {n, auc, uauc, uauc_users, warm, cold}}
-RUN/predictions-<split>.parquet   uid, iid, label, score, not_cold
+The folder's files (config.yaml, model.safetensors, train_summary.json, metrics.json, log.jsonl,
+checkpoint/, predictions-<split>.parquet) are named in :mod:`cora.layout`; methods trained in
+stages (CoLLM, BinLLM) keep one loop folder per stage, ``RUN/stage-<k>-<name>/``.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from cora import layout
 from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import PLACEMENT_FIELDS, LLMConfig
 from cora.ranges import fields_of_kind
@@ -59,7 +54,7 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
 
 def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.yaml"
+    saved = out / layout.CONFIG
     if saved.exists():
         if not resume:
             raise CoraError(f"{out}: a run is already there (pass --resume to continue it, or choose another --out)")
@@ -91,7 +86,7 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
 
 def _has_progress(out: Path) -> bool:
     """Whether ``out`` holds anything a --resume would start from (a checkpoint, best weights)."""
-    return any((d / "checkpoint").exists() or (d / "model.safetensors").exists()
+    return any((d / layout.CHECKPOINT).exists() or (d / layout.WEIGHTS).exists()
                for d in [out, *out.glob("stage-*")])
 
 
@@ -114,7 +109,7 @@ def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool
     if not any(p.requires_grad for p in method.parameters()):
         summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0,
                    "hardware": hardware(acc.device, cfg)}  # where it will score
-        write_json(out / "train_summary.json", summary)
+        write_json(out / layout.SUMMARY, summary)
         return summary
     train_df = sample_rows(ds.split("train"), cfg.limit_train, cfg.seed)
     valid_seed = cfg.seed if cfg.valid_seed is None else cfg.valid_seed
@@ -149,17 +144,17 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
         train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
         summaries[name] = fit(method, train, valid, cfg.for_stage(name), sub, resume=resume,
                               show_progress=show_progress, keep_checkpoint=keep_checkpoint)
-        method.load_trainable_state_dict(load_tensors(sub / "model.safetensors"))
+        method.load_trainable_state_dict(load_tensors(sub / layout.WEIGHTS))
     method.begin_stage(None)
     if PartialState().is_main_process:
-        save_tensors(out / "model.safetensors", method.trainable_state_dict())
+        save_tensors(out / layout.WEIGHTS, method.trainable_state_dict())
     # The last stage's figures, with steps and time summed over the stages.
     summary = {**summaries[name], "steps": sum(s["steps"] for s in summaries.values()),
                "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 1), "stages": summaries}
     if hw := _stages_hardware(summaries):
         summary["hardware"] = hw
     if PartialState().is_main_process:
-        write_json(out / "train_summary.json", summary)
+        write_json(out / layout.SUMMARY, summary)
     return summary
 
 
@@ -192,38 +187,38 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
     an experiment with TALLRec, CoLLM-MF/-LGCN/-SAS and BinLLM trains it once, not five times.
     The donor must have been trained with the same settings and hold exactly the tensors this
     stage trains; anything else is an error naming the difference."""
-    if not (donor / "train_summary.json").exists() or not (donor / "model.safetensors").exists():
+    if not (donor / layout.SUMMARY).exists() or not (donor / layout.WEIGHTS).exists():
         raise CoraError(f"{donor}: no finished run to take stage '{method.stage}' from "
                         "(train_summary.json or model.safetensors missing)")
     # Compared as each run trains this stage: a later stage's own settings (BinLLM's lr and batch
     # for its codes stage) do not make the first stage a different training.
-    donor_cfg = LLMConfig.load(donor / "config.yaml").for_stage(method.stage)
+    donor_cfg = LLMConfig.load(donor / layout.CONFIG).for_stage(method.stage)
     if diff := cfg.for_stage(method.stage).differing_fields(donor_cfg, ignore=_NOT_STAGE_SETTINGS):
         raise CoraError(f"{donor}: trained with other settings for {', '.join(diff)}; "
                         f"stage '{method.stage}' cannot be taken from it")
-    state = load_tensors(donor / "model.safetensors")
+    state = load_tensors(donor / layout.WEIGHTS)
     try:
         method.load_trainable_state_dict(state)
     except CoraError as e:
         raise CoraError(f"{donor}: its tensors are not what stage '{method.stage}' trains ({e})") from None
-    summary = {**read_json(donor / "train_summary.json"), "reused_from": str(donor), "donor_seed": donor_cfg.seed}
+    summary = {**read_json(donor / layout.SUMMARY), "reused_from": str(donor), "donor_seed": donor_cfg.seed}
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        save_tensors(sub / "model.safetensors", method.trainable_state_dict())
-        write_json(sub / "train_summary.json", summary)
+        save_tensors(sub / layout.WEIGHTS, method.trainable_state_dict())
+        write_json(sub / layout.SUMMARY, summary)
     return summary
 
 
 def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Dataset]:
     """A trained run's method with its best trainable tensors loaded."""
     run = Path(run)
-    if not (run / "config.yaml").exists():
+    if not (run / layout.CONFIG).exists():
         raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
-    if "model" in (saved := read_yaml_mapping(run / "config.yaml", "run config")) and "method" not in saved:
+    if "model" in (saved := read_yaml_mapping(run / layout.CONFIG, "run config")) and "method" not in saved:
         raise CoraError(f"{run}: a CF run, not an LLM run (use 'cora cf evaluate' for it)")
-    cfg = LLMConfig.load(run / "config.yaml")
-    weights = run / "model.safetensors"
+    cfg = LLMConfig.load(run / layout.CONFIG)
+    weights = run / layout.WEIGHTS
     state = load_tensors(weights) if weights.exists() else None  # a corrupt file fails before the backbone loads
     method, ds = build_method(cfg, backbone)
     if any(p.requires_grad for p in method.parameters()):
@@ -254,9 +249,9 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     key = split_key(split, limit, per_user)
     if not acc.is_main_process:  # every process holds all the predictions; one writes them
         return evaluate_predictions(pred)
-    write_parquet(run / f"predictions-{key}.parquet", pred)
+    write_parquet(run / layout.predictions(key), pred)
     metrics = evaluate_predictions(pred)
     metrics["eval"] = {"limit": limit, "per_user": per_user, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    update_json(run / "metrics.json", {key: metrics})
+    update_json(run / layout.METRICS, {key: metrics})
     return metrics
