@@ -218,6 +218,43 @@ def test_committed_rows_carry_over_to_a_machine_without_the_run_folders(tmp_path
         write_results(Experiment.load(cfg))
 
 
+def test_a_row_carried_from_another_experiments_results_is_compared_on_the_same_rows(tmp_path):
+    """carry: {from, training}: a row whose one training is another experiment's committed training
+    (Table 4's qkvo = Table 3's CoRA-MF seed 1): never trained here, its committed predictions
+    re-checked, its settings compared with what this row asks (stale: missing, never carried)."""
+    import shutil
+
+    from cora.experiment.results import write_results
+
+    a = tiny_experiment(tmp_path, results=str(tmp_path / "table3"), plots=["valid_curves"])
+    a["rows"] = [{"name": "CoRA-MF", "method": "cora", "cf": "mf", "seeds": [1, 2]}]
+    table3 = run_experiment(Experiment.load(write_yaml(tmp_path / "t3.yaml", a)))
+    shutil.rmtree(tmp_path / "exp" / "cora-mf-seed1")  # only the committed copy of seed 1 remains
+    b = tiny_experiment(tmp_path, out=str(tmp_path / "exp4"), cf_root=str(tmp_path / "exp"),
+                        results=str(tmp_path / "table4"), plots=["valid_curves"], reference="CoRA-MF qkvo")
+    b["llm"]["seed"] = 1
+    b["rows"] = [{"name": "CoRA-MF qkvo", "method": "cora", "cf": "mf",
+                  "carry": {"from": str(tmp_path / "table3"), "training": "CoRA-MF seed 1"}},
+                 {"name": "CoRA-MF qk", "method": "cora", "cf": "mf", "modules": "qk"}]
+    cfg = write_yaml(tmp_path / "t4.yaml", b)
+    table4 = run_experiment(Experiment.load(cfg))
+    assert not (tmp_path / "exp4" / "cora-mf-qkvo").exists()  # not trained here
+    qkvo = table4["rows"][0]
+    assert qkvo["carried"] is True and qkvo["auc"] == table3["runs"]["CoRA-MF seed 1"]["auc"]
+    assert table4["curves"]["CoRA-MF qkvo"] == table3["curves"]["CoRA-MF seed 1"]
+    assert table4["bootstrap"]["reference"] == "CoRA-MF qkvo" and "delta_auc_ci95" in table4["rows"][1]["vs_reference"]
+    # Asking the carried row for other settings than it ran with: stale, reported missing.
+    b["rows"][0]["lr"] = 5e-3
+    stale = write_results(Experiment.load(write_yaml(tmp_path / "t4.yaml", b)))
+    assert stale["missing"] == ["CoRA-MF qkvo"]
+    with pytest.raises(CoraError, match=r"1 row\(s\) failed \(CoRA-MF qkvo\)"):
+        run_experiment(Experiment.load(write_yaml(tmp_path / "t4.yaml", b)), only=["CoRA-MF qkvo"])
+    assert "is not trained here" in (tmp_path / "exp4" / "errors.log").read_text()
+    b["rows"][0]["carry"] = {"from": str(tmp_path / "table3")}
+    with pytest.raises(CoraError, match=r"rows\[0\]: carry must be \{from: RESULTS_FOLDER, training: NAME\}"):
+        Experiment.load(write_yaml(tmp_path / "t4.yaml", b))
+
+
 def test_a_donor_stage_or_a_seed_finished_elsewhere_is_not_trained_again(tmp_path):
     """TALLRec trained on one machine gives CoLLM its LoRA stage on the next (results/stages/);
     one seed of a row committed from one machine, the other trained on the next, make one row."""

@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
-def committed_results(exp: Experiment) -> tuple[dict, dict]:
+def committed_results(exp: Experiment, folder: Path | None = None) -> tuple[dict, dict]:
     """The finished trainings (by :attr:`Training.name`) and curves of the committed
-    results.json, if there is one. A file written before ``runs`` existed gives its unseeded rows."""
-    path = exp.results_root / "results.json"
+    results.json (of ``folder``, default the experiment's results), if there is one. A file
+    written before ``runs`` existed gives its unseeded rows."""
+    path = Path(folder or exp.results_root) / "results.json"
     if not path.exists():
         return {}, {}
     saved = read_json(path, "results file", mapping=True)
@@ -49,9 +50,10 @@ def committed_results(exp: Experiment) -> tuple[dict, dict]:
     return runs, saved.get("curves") or {}
 
 
-def committed_predictions(exp: Experiment) -> dict:
-    """(row name, seed) -> (file, frame) of the committed predictions on the experiment's test key."""
-    folder = exp.results_root / "predictions"
+def committed_predictions(exp: Experiment, folder: Path | None = None) -> dict:
+    """(row name, seed) -> (file, frame) of the committed predictions on the experiment's test key
+    (in ``folder``, default the experiment's results)."""
+    folder = Path(folder or exp.results_root) / "predictions"
     files = {}
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
         frame = read_predictions(path)
@@ -74,11 +76,17 @@ def carried_run(exp: Experiment, t: Training, committed: dict, files: dict) -> d
     not on this machine; None when there is none or it ran with other settings (stale). A
     committed file that no longer reproduces its numbers is an error: the table would not be
     recomputable."""
-    key = t.name
-    if t.run.exists() or key not in committed:
+    key, where = t.name, exp.results_root / "results.json"
+    if t.row is not None and t.row.carry:  # a training of another experiment's committed results
+        key, where = t.row.carry["training"], Path(t.row.carry["from"]) / "results.json"
+        committed, _ = committed_results(exp, where.parent)
+        files = committed_predictions(exp, where.parent) if committed else {}
+        if key not in committed:
+            console.print(f"[yellow]{where}: no committed training '{key}' to carry into '{t.name}'")
+            return None
+    elif t.run.exists() or key not in committed:
         return None
     entry = dict(committed[key])
-    where = exp.results_root / "results.json"
     now = t.config.to_dict()
     if "settings" not in entry:
         console.print(f"[yellow]{where}: '{key}' has no recorded settings: not carried (run it)")
@@ -87,10 +95,12 @@ def carried_run(exp: Experiment, t: Training, committed: dict, files: dict) -> d
         console.print(f"[yellow]{where}: '{key}' ran with other settings for {', '.join(diff)}: stale, "
                       "not carried (run it again)")
         return None
-    if (t.row.name, t.seed) not in files:
-        raise CoraError(f"{exp.results_root / 'predictions'}: no predictions file for committed '{key}' on "
+    # The committed training's own row and seed (another experiment's, for a carried row).
+    file_key = (entry.get("method", t.row.name), entry.get("seed")) if t.row.carry else (t.row.name, t.seed)
+    if file_key not in files:
+        raise CoraError(f"{where.parent / 'predictions'}: no predictions file for committed '{key}' on "
                         f"{exp.key} (restore it, or delete '{key}' from {where})")
-    path, frame = files[(t.row.name, t.seed)]
+    path, frame = files[file_key]
     m = evaluate_predictions(frame)
     if len(frame) != entry["n"] or abs(m["auc"] - entry["auc"]) > 1e-5 or (
             entry.get("uauc") is not None and abs(m["uauc"] - entry["uauc"]) > 1e-5):

@@ -112,7 +112,11 @@ def run_training(exp: Experiment, t: Training, committed: dict, files: dict) -> 
     one finished on another machine and committed with the same settings is not redone. The
     sequential loop and each ``--jobs`` worker (cora.experiment.parallel) run exactly this."""
     if carried_run(exp, t, committed, files):
-        console.print(f"{t.name}: carried from {exp.results_root / 'results.json'}")
+        console.print(f"{t.name}: carried from {Path(t.row.carry['from']) if t.row.carry else exp.results_root}"
+                      "/results.json")
+    elif t.row.carry:
+        raise CoraError(f"'{t.name}' is carried from {t.row.carry['from']} ('{t.row.carry['training']}') and is "
+                        "not trained here: it is not there, or ran with other settings (see above)")
     elif t.row.method is None:
         run_cf(exp, t.cf)
     else:

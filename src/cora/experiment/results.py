@@ -130,11 +130,16 @@ def _cf_weight_notes(exp: Experiment, done: list[dict]) -> list[str]:
     return notes
 
 
-def _curve(t: Training, committed: dict) -> dict:
-    """A training's valid curve from its run folder, else the committed one (a run lost with a machine)."""
-    if t.run.exists() or not isinstance(committed.get(t.name), dict):
+def _curve(exp: Experiment, t: Training, committed: dict) -> dict:
+    """A training's valid curve from its run folder, else the committed one (a run lost with a
+    machine; a carried row: the one committed with it in the other experiment's results)."""
+    key = t.name
+    if t.row is not None and t.row.carry:
+        _, committed = committed_results(exp, Path(t.row.carry["from"]))
+        key = t.row.carry["training"]
+    if t.run.exists() or not isinstance(committed.get(key), dict):
         return run_curve(t.run)
-    return committed[t.name]
+    return committed[key]
 
 
 def _row_identity(exp: Experiment, row: Row) -> dict:
@@ -217,7 +222,7 @@ def write_results(exp: Experiment) -> dict:
         lines += ["", f"Not finished: {', '.join(missing)}"]
     # Valid-AUC curves of every LLM row that has trained at all (a row still training included).
     training = [{"method": t.name, "label": t.row.label + ("" if t.seed is None else f" (seed {t.seed})"),
-                 "curve": _curve(t, committed_curves)}
+                 "curve": _curve(exp, t, committed_curves)}
                 for t in exp.plan.trainings if t.row.method is not None]
     curves = {r["method"]: r["curve"] for r in training}
     if table := curves_table(curves):

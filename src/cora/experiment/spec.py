@@ -28,6 +28,10 @@ Config (YAML)::
         # reported as the mean over seeds with their standard deviation. With stage_from, a
         # seeded row takes the donor run of the same seed when the donor has seeds too, and
         # the donor's one run for every seed when it has none.
+      - {name: CoRA-MF qkvo, method: cora, cf: mf, carry: {from: results/ml1m-cpu, training: CoRA-MF seed 1}}
+        # carry: never trained here; the row is another experiment's committed training (its
+        # results.json entry and predictions, re-checked), when that ran with exactly the settings
+        # this row resolves to and on the same test sample. Else it is reported missing (stale).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from cora.io import read_yaml_mapping
 from cora.ranges import check_fields, check_value
 
 # The keys of a row that are no LLMConfig field; every other key of a row is one.
-ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds"}
+ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds", "carry"}
 
 
 @dataclass
@@ -61,13 +65,18 @@ class Row:
     stage_from: dict[str, str] = field(default_factory=dict)  # stage -> the earlier row it is taken from
     seeds: list[int] | None = None  # trained once per seed; None: once, with the config's seed
     settings: dict = field(default_factory=dict)  # its LLMConfig fields, over the experiment's `llm`
+    # {from: RESULTS_FOLDER, training: NAME}: never trained here; its one training is the committed
+    # training NAME of another experiment's results (same test sample, same settings), e.g. Table 4's
+    # qkvo row = ml1m-cpu's "CoRA-MF seed 1".
+    carry: dict | None = None
 
     @classmethod
     def from_mapping(cls, index: int, d: dict) -> "Row":
         """The row of a mapping of the file, as it is: :meth:`Experiment.validate` checks it."""
         return cls(name=d["name"], index=index, method=d.get("method"), cf=d.get("cf"),
                    label=d.get("label", d["name"]), stage_from=d.get("stage_from") or {},
-                   seeds=d.get("seeds"), settings={k: v for k, v in d.items() if k not in ROW_KEYS})
+                   seeds=d.get("seeds"), carry=d.get("carry"),
+                   settings={k: v for k, v in d.items() if k not in ROW_KEYS})
 
 
 @dataclass
@@ -180,6 +189,7 @@ class Experiment:
                     raise CoraError(f"{where}: stage_from {stage}: '{donor}' must be an LLM row listed before "
                                     f"'{row.name}'")
             self._check_seeds(d, row, rows, where)
+            self._check_carry(row, where)
             rows[row.name] = row
         self.rows = list(rows.values())
         names = [r.name for r in self.rows]
@@ -192,6 +202,17 @@ class Experiment:
             raise CoraError(f"{source}: reference '{self.reference}' is not a row name (rows: {', '.join(names)})")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
+
+    @staticmethod
+    def _check_carry(row: Row, where: str) -> None:
+        if row.carry is None:
+            return
+        c = row.carry
+        if (not isinstance(c, dict) or set(c) != {"from", "training"} or not all(isinstance(v, str) for v in c.values())):
+            raise CoraError(f"{where}: carry must be {{from: RESULTS_FOLDER, training: NAME}}, e.g. "
+                            f"{{from: results/ml1m-cpu, training: CoRA-MF seed 1}} (got {c!r})")
+        if row.method is None or row.seeds or row.stage_from:
+            raise CoraError(f"{where}: carry is for an LLM row without seeds or stage_from (one committed training)")
 
     @staticmethod
     def _check_seeds(d: dict, row: Row, earlier: dict[str, Row], where: str) -> None:

@@ -41,6 +41,10 @@ def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus
         if t.row is None:  # a CF model
             out.append(_cf_status(t.name, t.run))
             continue
+        if t.row.carry:  # never trained here
+            out.append(TrainingStatus(t.name, "carried", detail=f"from {t.row.carry['from']}/results.json "
+                                                                f"('{t.row.carry['training']}')"))
+            continue
         status = _llm_status(t.name, t.run, t.config)
         if status.state == "not started" and t.name in committed:
             status.state, status.detail = "committed", f"from {exp.results_root / 'results.json'}"
