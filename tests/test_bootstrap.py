@@ -280,3 +280,27 @@ def test_verdicts_read_the_interval_of_the_difference():
     lo, hi = 0.0 - d["delta_auc_ci95"][1], 0.0 - d["delta_auc_ci95"][0]
     assert f"({0.0 - d['delta_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}])" in weak[0]
     assert verdict_table(rows, {**meta, "reference": None}) == ""
+
+
+def test_a_contrast_is_the_weighted_sum_of_rows_on_the_same_resamples():
+    """contrasts: {name: {row: weight}}; A - B equals the difference to reference B exactly, and a
+    difference of differences is the difference of the two differences on every resample."""
+    from cora.eval.report import contrast_table
+
+    df = predictions(n=600, n_users=60)
+    rows = {"A": [rescored(df, 1, 2.0)], "A id": [rescored(df, 2, 1.0)], "B": [rescored(df, 3, 1.0)],
+            "B id": [rescored(df, 4, 0.8)]}
+    dd = {"A": 1, "A id": -1, "B": -1, "B id": 1}
+    boot = paired_bootstrap(rows, "B", contrasts={"A - B": {"A": 1, "B": -1}, "dd": dd})
+    c, v = boot["contrasts"]["A - B"], boot["by_row"]["A"]["vs_reference"]
+    for k in ("delta_auc", "delta_auc_ci95", "p_delta_le_0", "delta_uauc_ci95", "delta_cold_auc_ci95"):
+        assert c[k] == v[k], k
+    by = boot["by_row"]
+    assert boot["contrasts"]["dd"]["delta_auc"] == pytest.approx(
+        (by["A"]["auc"] - by["A id"]["auc"]) - (by["B"]["auc"] - by["B id"]["auc"]), abs=3e-6)
+    lo, hi = boot["contrasts"]["dd"]["delta_auc_ci95"]
+    assert lo <= boot["contrasts"]["dd"]["delta_auc"] <= hi
+    table = contrast_table({"contrasts": boot["contrasts"]})
+    assert "| dd: A - A id - B + B id |" in table and "| A - B: A - B |" in table
+    with pytest.raises(CoraError, match="contrast row 'C' is not a row"):
+        paired_bootstrap(rows, contrasts={"x": {"C": 1}})

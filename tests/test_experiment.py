@@ -13,7 +13,7 @@ import yaml
 
 from cora.config import CFConfig
 from cora.errors import CoraError
-from cora.eval.plots import bar_count, modules_plot, text_vs_id_plot, warm_cold_plot
+from cora.eval.plots import bar_count, fig5_plot, modules_plot, text_vs_id_plot, warm_cold_plot
 from cora.experiment.execute import run_experiment
 from cora.experiment.spec import Experiment
 
@@ -32,7 +32,7 @@ def tiny_experiment(root, **over) -> dict:
         "plots": ["warm_cold", "text_vs_id"],
         "rows": [{"name": "MF", "cf": "mf"}, {"name": "ICL", "method": "icl"},
                  {"name": "CoRA-MF", "label": "CoRA-MF", "method": "cora", "cf": "mf"},
-                 {"name": "CoRA-MF ID-only", "label": "CoRA-MF", "method": "cora", "cf": "mf", "no_titles": True}],
+                 {"name": "CoRA-MF ID-only", "label": "CoRA-MF", "method": "cora", "cf": "mf", "id_only": True}],
     }
     d.update(over)
     return d
@@ -391,7 +391,7 @@ def test_cli_experiment_error_is_one_line(tmp_path):
 ROWS = [
     {"method": "A", "label": "A", "no_titles": False, "modules": "qkvo", "auc": 0.7, "uauc": 0.65,
      "warm_auc": 0.72, "cold_auc": 0.6},
-    {"method": "A ID", "label": "A", "no_titles": True, "modules": "qk", "auc": 0.68, "uauc": 0.6,
+    {"method": "A ID", "label": "A", "id_only": True, "modules": "qk", "auc": 0.68, "uauc": 0.6,
      "warm_auc": 0.7, "cold_auc": None},
     {"method": "B", "label": "B", "no_titles": False, "modules": "qkv", "auc": 0.6, "uauc": 0.55,
      "warm_auc": 0.61, "cold_auc": 0.52},
@@ -402,7 +402,8 @@ def test_plots_hold_the_right_number_of_bars(tmp_path):
     assert bar_count(warm_cold_plot(ROWS, tmp_path / "wc.png")) == 6   # 3 methods x (warm, cold)
     assert bar_count(text_vs_id_plot(ROWS, tmp_path / "tid.png")) == 4  # 2 labels x (text, ID-only)
     assert bar_count(modules_plot(ROWS, tmp_path / "m.png")) == 6       # 3 module sets x (AUC, UAUC)
-    for name in ("wc.png", "tid.png", "m.png"):
+    assert bar_count(fig5_plot(ROWS, tmp_path / "f5.png")) == 12        # (AUC, UAUC) x (warm, cold) x 3 methods
+    for name in ("wc.png", "tid.png", "m.png", "f5.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -134,8 +134,13 @@ class LLMConfig(_YamlConfig):
                          kind="placement")
     # prompt
     max_titles: int = setting(10, Int(0), "History titles in the prompt.")
-    no_titles: bool = setting(False, _BOOL, "ID-only ablation: no history titles in the prompt.",
-                              flag="--no-titles/--titles")
+    # Not the paper's ID-only variant (that is id_only): the target's title stays in the prompt.
+    no_titles: bool = setting(False, _BOOL, "Drop the history titles from the prompt (the target's title stays; "
+                              "not the paper's ID-only variant: see --id-only).",
+                              flag="--no-history-titles/--history-titles")
+    id_only: bool = setting(False, _BOOL, "The paper's ID-only variant (Fig. 6): no item text in the prompt at "
+                            "all (no history titles, no target title); CoRA keeps its pair weights, CoLLM / "
+                            "PersonPrompt their ID slots, BinLLM its codes.", flag="--id-only/--with-text")
     max_length: int | None = setting(None, Int(2, optional=True), "Truncate prompts to N tokens (BOS + at least one).")
     # Subtract the mean initial Yes logit on training prompts from every score (see
     # LLMMethod.logit_offset; a constant, so rankings and AUC are unchanged). False = raw logit.

@@ -97,7 +97,7 @@ RANGES: dict[str, dict[str, Spec]] = {
         "test_limit": Int(1, optional=True),
         "test_per_user": Int(2, optional=True),  # UAUC needs both labels of a user
         "llm": DICT, "cf": DICT, "plots": LIST, "cf_root": OPT_STR, "results": OPT_STR, "reference": OPT_STR,
-        "keep_cf": LIST, "cf_store": OPT_STR,
+        "keep_cf": LIST, "cf_store": OPT_STR, "contrasts": LIST,
     },
     # Command-line options that are no config field (names as the flag, without dashes).
     "options": {

@@ -32,6 +32,29 @@ SOFT_PROMPT_TEMPLATE = (
 )
 
 
+# The paper's ID-only variants (Fig. 6: "only with ID embeddings, i.e. removing textual descriptions
+# of items"): each template with every item text removed (no history titles, no target title);
+# what a method puts in place of text stays (CoLLM / PersonPrompt: the ID slots, BinLLM: its codes,
+# CoRA: the pair's weights, which need no prompt text at all).
+TEMPLATE_ID_ONLY = (
+    "#Question: A user has given high ratings to some {domain}. "
+    "Predict whether the user would enjoy the target {item}? "
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+COLLM_TEMPLATE_ID_ONLY = (
+    "#Question: We have information about the user's preferences encoded in the feature {user_slot}. "
+    "Using all available information, make a prediction about whether the user would enjoy the {item} "
+    "with the feature {item_slot}? "
+    'Answer with "Yes" or "No". \\n#Answer:'
+)
+SOFT_PROMPT_TEMPLATE_ID_ONLY = (
+    "#Question: {user_slot} [SEP] {item_slot} [SEP] Using all available information, "
+    'make a prediction about whether the user would enjoy the {item}? Answer with "Yes" or "No". \\n#Answer:'
+)
+ID_ONLY = {TEMPLATE: TEMPLATE_ID_ONLY, COLLM_TEMPLATE: COLLM_TEMPLATE_ID_ONLY,
+           SOFT_PROMPT_TEMPLATE: SOFT_PROMPT_TEMPLATE_ID_ONLY}
+
+
 def history_titles(his_title, max_titles: int = MAX_HISTORY_TITLES) -> list[str]:
     """The most recent ``max_titles`` titles of a history, oldest first, padding ('') removed."""
     titles = [t for t in his_title if t]
@@ -43,9 +66,12 @@ def quote(title: str) -> str:
 
 
 def build_prompt(his_title, title: str, domain: str = "movies", max_titles: int = MAX_HISTORY_TITLES,
-                 template: str = TEMPLATE, **fields) -> str:
+                 template: str = TEMPLATE, id_only: bool = False, **fields) -> str:
     """The text prompt of one (user, target item) row. ``fields`` fill extra placeholders
-    (other methods' templates, e.g. CoLLM's ``<UserID>`` slots)."""
+    (other methods' templates, e.g. CoLLM's ``<UserID>`` slots). ``id_only``: the template's
+    ID-only form (no item text at all: :data:`ID_ONLY`)."""
+    if id_only:
+        return ID_ONLY[template].format(domain=domain, item=SINGULAR.get(domain, "item"), **fields)
     titles = history_titles(his_title, max_titles)
     history = ", ".join(quote(t) for t in titles) if titles else EMPTY_HISTORY
     return template.format(domain=domain, item=SINGULAR.get(domain, "item"), history=history,

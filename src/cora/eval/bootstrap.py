@@ -239,7 +239,8 @@ def _share_le_0(diff: np.ndarray) -> float | None:
 
 def paired_bootstrap(preds: Mapping[str, Sequence[pd.DataFrame]], reference: str | None = None, *,
                      n_resamples: int = 1000, seed: int = 0,
-                     sources: Mapping[str, Sequence[str]] | None = None) -> dict:
+                     sources: Mapping[str, Sequence[str]] | None = None,
+                     contrasts: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """Intervals for every row and its difference to ``reference``.
 
     ``preds`` maps a row name to its predictions frames, one per seed (one for an unseeded row);
@@ -252,6 +253,11 @@ def paired_bootstrap(preds: Mapping[str, Sequence[pd.DataFrame]], reference: str
                                             "p_delta_le_0": p, ... uauc / warm / cold ...} | None}}}
 
     Points are the metrics on the full sample (mean over seeds for a seeded row).
+
+    ``contrasts`` (name -> {row: weight}) adds ``"contrasts": {name: {"weights": ...,
+    "delta_auc": d, "delta_auc_ci95": [lo, hi], "p_delta_le_0": p, ... every metric}}``: the
+    weighted sum of rows on the same resamples, e.g. a difference of differences
+    {A: 1, A_id: -1, B: -1, B_id: 1} ("does text help A more than B?").
     """
     if n_resamples < 1:
         raise CoraError(f"the bootstrap needs at least one resample, got {n_resamples}")
@@ -272,8 +278,24 @@ def paired_bootstrap(preds: Mapping[str, Sequence[pd.DataFrame]], reference: str
     for name in scores:
         by_row[name]["vs_reference"] = None if reference is None else _versus(
             reference, draws[name], draws[reference], points[name], points[reference])
-    return {"resamples": n_resamples, "seed": seed, "users": int(n_users), "rows": len(keys),
-            "reference": reference, "by_row": by_row}
+    out = {"resamples": n_resamples, "seed": seed, "users": int(n_users), "rows": len(keys),
+           "reference": reference, "by_row": by_row}
+    if contrasts:
+        out["contrasts"] = {name: _contrast(weights, draws, points) for name, weights in contrasts.items()}
+    return out
+
+
+def _contrast(weights: Mapping[str, float], draws: dict, points: dict) -> dict:
+    """sum_row weight * metric, on the full sample and on every resample (paired)."""
+    if unknown := [r for r in weights if r not in draws]:
+        raise CoraError(f"contrast row '{unknown[0]}' is not a row (rows: {', '.join(draws)})")
+    out: dict = {"weights": dict(weights)}
+    for m in METRICS:
+        diff = sum(w * draws[r][m] for r, w in weights.items())
+        out[f"delta_{m}"] = _r(sum(w * points[r][m] for r, w in weights.items()))
+        out[f"delta_{m}_ci95"] = interval(diff)
+        out["p_delta_le_0" if m == "auc" else f"p_delta_{m}_le_0"] = _share_le_0(diff)
+    return out
 
 
 def _summary(point: dict, draws: dict) -> dict:

@@ -82,14 +82,32 @@ def warm_cold_plot(rows: list[dict], path: str | Path, title: str = "Warm vs col
     return fig
 
 
+def fig5_plot(rows: list[dict], path: str | Path, title: str = "Warm and cold performance (the paper's Fig. 5)"):
+    """The paper's Fig. 5 layout: the test rows split into warm (user and item seen in training)
+    and cold, one bar per method in each, AUC (left) and UAUC (right), with interval whiskers."""
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.6 * len(rows) + 4), 4))
+    for ax, metric in zip(axes, ("auc", "uauc")):
+        _grouped_bars(ax, ["warm", "cold"], {r["method"]: [r.get(f"warm_{metric}"), r.get(f"cold_{metric}")]
+                                             for r in rows},
+                      {r["method"]: [r.get(f"warm_{metric}_ci95"), r.get(f"cold_{metric}_ci95")] for r in rows})
+        ax.set_ylabel(metric.upper())
+        ax.tick_params(axis="x", rotation=0)
+        if ax is axes[0]:
+            ax.get_legend().remove()  # one legend, beside the right panel
+    fig.suptitle(title)
+    _save(fig, path)
+    return fig
+
+
 def text_vs_id_plot(rows: list[dict], path: str | Path, title: str = "Text vs ID-only prompts (Fig. 6)"):
-    """Methods run twice, with history titles in the prompt and without (``no_titles``)."""
+    """Methods run twice, with item text in the prompt and ID-only (``id_only``: no item text at
+    all, the paper's Fig. 6 variants), paired by ``label``."""
     labels = list(dict.fromkeys(r.get("label", r["method"]) for r in rows))
-    by = {(r.get("label", r["method"]), bool(r.get("no_titles"))): r for r in rows}
+    by = {(r.get("label", r["method"]), bool(r.get("id_only"))): r for r in rows}
     pick = lambda key, field: [(by.get((lab, key)) or {}).get(field) for lab in labels]  # noqa: E731
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
-    _grouped_bars(ax, labels, {"with titles": pick(False, "auc"), "ID-only": pick(True, "auc")},
-                  {"with titles": pick(False, "auc_ci95"), "ID-only": pick(True, "auc_ci95")})
+    _grouped_bars(ax, labels, {"with item text": pick(False, "auc"), "ID-only": pick(True, "auc")},
+                  {"with item text": pick(False, "auc_ci95"), "ID-only": pick(True, "auc_ci95")})
     ax.set_ylabel("AUC")
     ax.set_title(title)
     _save(fig, path)
@@ -148,7 +166,7 @@ def valid_curves_plot(rows: list[dict], path: str | Path, title: str = "Validati
     return fig
 
 
-PLOTS = {"warm_cold": warm_cold_plot, "text_vs_id": text_vs_id_plot, "modules": modules_plot,
+PLOTS = {"warm_cold": warm_cold_plot, "fig5": fig5_plot, "text_vs_id": text_vs_id_plot, "modules": modules_plot,
          "valid_curves": valid_curves_plot}
 # Plots drawn from every row with a training log, finished or not (the others need test metrics).
 TRAINING_PLOTS = {"valid_curves"}

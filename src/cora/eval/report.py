@@ -147,7 +147,7 @@ def predictions_rows(paths: list[Path]) -> tuple[list[dict], list[list[pd.DataFr
     for name, members in groups.items():
         info = members[0][2]
         kind = info.get("kind") or ("cora" if name.lower().startswith("cora") else None)
-        extra = {k: info[k] for k in ("label", "no_titles", "modules", "split") if info.get(k) is not None}
+        extra = {k: info[k] for k in ("label", "no_titles", "id_only", "modules", "split") if info.get(k) is not None}
         per_seed = [{"run": str(path), "method": name, "kind": kind, **extra,
                      **_metric_fields(evaluate_predictions(df))} for path, df, _ in members]
         seeds = [m[2].get("seed") for m in members]
@@ -163,7 +163,7 @@ def predictions_rows(paths: list[Path]) -> tuple[list[dict], list[list[pd.DataFr
 def prediction_attrs(row: dict, order: int, seed: int | None, split: str) -> dict:
     """What a copied predictions file records about its row (read back by predictions_rows)."""
     return {ATTRS: {"row": row["method"], "seed": seed, "order": order, "kind": row.get("kind"), "split": split,
-                    **{k: row[k] for k in ("label", "no_titles", "modules") if k in row}}}
+                    **{k: row[k] for k in ("label", "no_titles", "id_only", "modules") if k in row}}}
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -189,21 +189,23 @@ def resolve_reference(rows: list[dict], reference: str | None) -> str | None:
 
 
 def add_intervals(rows: list[dict], frames: list[list[pd.DataFrame]], *, sources: list[list[str]] | None = None,
-                  reference: str | None = None, resamples: int = 1000, seed: int = 0) -> dict:
+                  reference: str | None = None, resamples: int = 1000, seed: int = 0,
+                  contrasts: dict[str, dict[str, float]] | None = None) -> dict:
     """Add ``<metric>_ci95`` and ``vs_reference`` to every row (per-seed intervals to its seeds)
     from one paired bootstrap over ``frames`` (row i's predictions, one frame per seed). Returns
-    the bootstrap's settings for the table's header: {resamples, seed, users, reference}."""
+    the bootstrap's settings for the table's header: {resamples, seed, users, reference}, and
+    ``contrasts`` (see :func:`cora.eval.bootstrap.paired_bootstrap`) when asked for."""
     ref = resolve_reference(rows, reference)
     names = [r["method"] for r in rows]
     boot = paired_bootstrap(dict(zip(names, frames)), ref, n_resamples=resamples, seed=seed,
-                            sources=dict(zip(names, sources)) if sources else None)
+                            sources=dict(zip(names, sources)) if sources else None, contrasts=contrasts)
     for r in rows:
         b = boot["by_row"][r["method"]]
         r.update({f"{m}_ci95": b[f"{m}_ci95"] for m in METRICS})
         r["vs_reference"] = b["vs_reference"]
         for s, ps in zip(r.get("seeds", []), b["per_seed"]):
             s.update({f"{m}_ci95": ps[f"{m}_ci95"] for m in METRICS})
-    return {k: boot[k] for k in ("resamples", "seed", "users", "reference")}
+    return {k: boot[k] for k in ("resamples", "seed", "users", "reference", "contrasts") if k in boot}
 
 
 def build_report(runs: list[Path] | None, predictions: list[Path] | None, split: str, *,
@@ -323,4 +325,29 @@ def verdict_table(rows: list[dict], meta: dict | None) -> str:
             flipped = [0.0 - ci[1], 0.0 - ci[0]]  # the stored difference is row - reference (0.0 - x: no "-0.000")
             cells.append(f"{verdict(flipped)} ({0.0 - d:+.3f} [{flipped[0]:+.3f}, {flipped[1]:+.3f}])")
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def contrast_table(meta: dict | None) -> str:
+    """The experiment's contrasts (weighted sums of rows on the same resamples): one line each,
+    the value and 95 % interval of every metric and what the interval decides ('> 0' / '< 0'
+    where it excludes 0, 'n.s.' where it holds 0). Empty without contrasts."""
+    contrasts = (meta or {}).get("contrasts")
+    if not contrasts:
+        return ""
+    lines = ["Contrasts (weighted sums of rows, on the same resampled users). Cell: decision (value [95 % interval]); "
+             "'> 0' / '< 0' where the interval excludes 0, 'n.s.' where it holds 0.", "",
+             "| contrast | " + " | ".join(_HEADS.values()) + " |", "|---|" + "---|" * len(_HEADS)]
+    for name, c in contrasts.items():
+        cells = []
+        for m in _HEADS:
+            d, ci = c.get(f"delta_{m}"), c.get(f"delta_{m}_ci95")
+            if d is None or not ci or None in ci:
+                cells.append("-")
+                continue
+            decision = "> 0" if ci[0] > 0 else "< 0" if ci[1] < 0 else "n.s."
+            cells.append(f"{decision} ({d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}])")
+        terms = " ".join(f"{'+' if w > 0 else '-'} {'' if abs(w) == 1 else f'{abs(w):g} '}{row}"
+                         for row, w in c["weights"].items()).lstrip("+ ")
+        lines.append(f"| {name}: {terms} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

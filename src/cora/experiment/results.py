@@ -20,8 +20,8 @@ from cora.errors import CoraError
 from cora.eval.bootstrap import COLUMNS
 from cora.eval.curves import curves_table, run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
-from cora.eval.report import (add_intervals, markdown_table, prediction_attrs, report_rows, run_predictions, seeded_row,
-                              verdict_table)
+from cora.eval.report import (add_intervals, contrast_table, markdown_table, prediction_attrs, report_rows,
+                              run_predictions, seeded_row, verdict_table)
 from cora.experiment.carry import carried_run, committed_predictions, committed_results
 from cora.io import atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
 
@@ -145,8 +145,10 @@ def _curve(exp: Experiment, t: Training, committed: dict) -> dict:
 def _row_identity(exp: Experiment, row: Row) -> dict:
     """How a row is named and drawn in the table and in its predictions files' attrs."""
     kind = row.method or exp.cf[row.cf].get("model", row.cf)
+    # id_only only where set, so the tables committed before it existed rebuild unchanged.
+    id_only = {"id_only": True} if row.settings.get("id_only", exp.llm.get("id_only")) else {}
     return {"method": row.name, "kind": kind, "label": row.label,
-            "no_titles": bool(row.settings.get("no_titles")), "stage_from": row.stage_from,
+            "no_titles": bool(row.settings.get("no_titles")), **id_only, "stage_from": row.stage_from,
             "modules": row.settings.get("modules", exp.llm.get("modules", "qkvo"))}
 
 
@@ -188,7 +190,8 @@ def write_results(exp: Experiment) -> dict:
         trainings.update({t.name: (t, one) for t, one in got})
     frames = [f for f, _ in loaded]
     reference = exp.reference if exp.reference in {r["method"] for r in done} else None
-    meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference) if done else None
+    meta = add_intervals(done, frames, sources=[s for _, s in loaded], reference=reference,
+                         contrasts=exp.contrast_weights({r["method"] for r in done}) or None) if done else None
     _copy_predictions(exp, trainings)
     out = exp.results_root
     lines = [f"# {exp.name}", "", f"- data: `{exp.data}`; test rows: `{exp.key}`",
@@ -199,6 +202,8 @@ def write_results(exp: Experiment) -> dict:
     lines.append(markdown_table(done, exp.key, meta) if done else "_no finished rows yet_\n")
     if verdicts := verdict_table(done, meta):
         lines += ["", verdicts]
+    if contrasts := contrast_table(meta):
+        lines += ["", contrasts]
     lines += ["", "| method | training | stopped by (best step) | samples/s | time (s) | trained on |",
               "|---|---|---|---:|---:|---|"]
     for r in done:

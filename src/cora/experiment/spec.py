@@ -109,6 +109,10 @@ class Experiment:
     # while the run folders (checkpoints, logs) stay in `out`.
     results: str | None = None
     reference: str | None = None  # the row differences are taken to (default: the first CoRA row)
+    # Decisions beyond "reference vs row": [{name, plus: [rows], minus: [rows]}], each the sum of
+    # the plus rows minus the minus rows on the same resampled users, e.g. a difference of
+    # differences ("does text help CoRA more than CoLLM?"); in results.md / results.json.
+    contrasts: list = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -202,6 +206,25 @@ class Experiment:
             raise CoraError(f"{source}: reference '{self.reference}' is not a row name (rows: {', '.join(names)})")
         if unknown := sorted(set(self.plots) - set(PLOTS)):
             raise CoraError(f"{source}: unknown plot(s) {', '.join(unknown)} (choose from {', '.join(PLOTS)})")
+        for i, c in enumerate(self.contrasts):
+            where = f"{source}: contrasts[{i}]"
+            if not isinstance(c, dict) or set(c) - {"name", "plus", "minus"} or not isinstance(c.get("name"), str):
+                raise CoraError(f"{where}: write {{name: TEXT, plus: [ROW, ...], minus: [ROW, ...]}} (got {c!r})")
+            for side in ("plus", "minus"):
+                if not isinstance(c.get(side, []), list) or (bad := [r for r in c.get(side, []) if r not in names]):
+                    raise CoraError(f"{where}: {side} must list row names (unknown: {bad[0] if bad else c.get(side)!r})")
+
+    def contrast_weights(self, finished: set[str]) -> dict[str, dict[str, float]]:
+        """name -> {row: +1 / -1} of every contrast whose rows have all finished."""
+        out = {}
+        for c in self.contrasts:
+            weights: dict[str, float] = {}
+            for side, sign in (("plus", 1.0), ("minus", -1.0)):
+                for r in c.get(side, []):
+                    weights[r] = weights.get(r, 0.0) + sign
+            if set(weights) <= finished:
+                out[c["name"]] = weights
+        return out
 
     @staticmethod
     def _check_carry(row: Row, where: str) -> None:

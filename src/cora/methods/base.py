@@ -86,7 +86,7 @@ class LLMMethod(nn.Module):
     # ---------------------------------------------------------------- data
     def prompt_texts(self, df: pd.DataFrame, domain: str) -> list[str]:
         max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
-        return [build_prompt(h, t, domain, max_titles) for h, t in zip(df["his_title"], df["title"])]
+        return [build_prompt(h, t, domain, max_titles, id_only=self.cfg.id_only) for h, t in zip(df["his_title"], df["title"])]
 
     def encode(self, df: pd.DataFrame, domain: str) -> EncodedSplit:
         ids = tokenize_prompts(self.tokenizer, self.prompt_texts(df, domain), self.bos_token_id, self.cfg.max_length)

@@ -161,7 +161,8 @@ class BinLLM(WithLoRA, LLMMethod):
             return super().prompt_texts(df, domain)
         users, items = self.code_texts(df)
         max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
-        return [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=u, item_slot=i)
+        return [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, id_only=self.cfg.id_only,
+                             user_slot=u, item_slot=i)
                 for h, t, u, i in zip(df["his_title"], df["title"], users, items)]
 
     # ---------------------------------------------------------------- checkpoints

@@ -78,7 +78,8 @@ class Prompt4NR(WithLoRA, SlotPromptMethod):
         n = self.cfg.soft_tokens
         slot = ".".join([SLOT_MARKER] * n)  # the reference writes "<unk>.<unk>.<unk>" at each ID
         max_titles = 0 if self.cfg.no_titles else self.cfg.max_titles
-        texts = [build_prompt(h, t, domain, max_titles, template=SOFT_PROMPT_TEMPLATE, user_slot=slot,
+        texts = [build_prompt(h, t, domain, max_titles, template=SOFT_PROMPT_TEMPLATE, id_only=self.cfg.id_only,
+                              user_slot=slot,
                               item_slot=slot) for h, t in zip(df["his_title"], df["title"])]
         ids, slots = tokenize_with_slots(self.tokenizer, texts, SLOT_MARKER, 2 * n, self.bos_token_id,
                                          self.pad_token_id, self.cfg.max_length)

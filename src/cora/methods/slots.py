@@ -48,7 +48,8 @@ def encode_id_slots(method: SlotPromptMethod, df: pd.DataFrame, domain: str) -> 
     """CoLLM's prompt with one vector slot for the user and one for the target item (also
     PersonPrompt's prompt: the two differ only in where the slot vectors come from)."""
     max_titles = 0 if method.cfg.no_titles else method.cfg.max_titles
-    texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, user_slot=SLOT_MARKER,
+    texts = [build_prompt(h, t, domain, max_titles, template=COLLM_TEMPLATE, id_only=method.cfg.id_only,
+                          user_slot=SLOT_MARKER,
                           item_slot=SLOT_MARKER) for h, t in zip(df["his_title"], df["title"])]
     ids, slots = tokenize_with_slots(method.tokenizer, texts, SLOT_MARKER, 2, method.bos_token_id,
                                      method.pad_token_id, method.cfg.max_length)
