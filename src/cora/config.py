@@ -211,6 +211,15 @@ class LLMConfig(_YamlConfig):
     checkpoint_every_min: float = setting(10.0, Float(0), "Also write the resume checkpoint between validations "
                                           "every N minutes (0: after every step).", kind="placement")
     patience: int = setting(20, _POSITIVE, "Stop after N validations without gain.", kind="loop")
+    # Off by default: the reference clips nothing. The norm is computed and logged either way.
+    max_grad_norm: float | None = setting(None, Float(0, lo_open=True, optional=True), "Clip the gradient's global "
+                                          "norm to N before each optimizer step (none: no clipping, the reference's).",
+                                          kind="loop")
+    # A step whose gradient is not finite (NaN / inf, e.g. a low-precision overflow) is skipped and
+    # counted; this many in a row stop the run, keeping its last good checkpoint. It changes no
+    # number of a run that finishes, so it may differ on resume.
+    max_skipped_steps: int = setting(10, _POSITIVE, "Stop after N consecutive steps skipped for a non-finite loss or "
+                                     "gradient.", kind="placement")
     selection_metric: str = setting("auc", Choice(*SELECTION_METRICS), "Validation metric that selects the best "
                                     "step: auc | uauc.")
     limit_train: int | None = setting(None, Int(1, optional=True), "Train on N random training rows.")

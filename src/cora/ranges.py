@@ -161,9 +161,7 @@ def check_value(scope: str, name: str, value: Any, source: str | None = None, la
     safe (an int or a YAML string such as "1e-3" for a float, a path for a string); anything else
     outside the table's range is a :class:`CoraError` naming ``source``, the setting and what is
     allowed. A name without an entry passes unchecked (the test of the table catches it)."""
-    if scope not in RANGES:  # the config scopes are filled when cora.config is imported
-        import cora.config  # noqa: F401
-    spec = RANGES[scope].get(name)
+    spec = RANGES[scope].get(name)  # the config scopes are filled when cora.config is imported
     if spec is None or (value is None and spec.optional):
         return value
     converted = _convert(spec, value)

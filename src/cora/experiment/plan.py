@@ -15,7 +15,35 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cora.config import CFConfig, LLMConfig
-    from cora.experiment.spec import Experiment, Row
+
+
+ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds", "carry"}
+
+
+@dataclass
+class Row:
+    """One row of the table, as the experiment file gives it (checked by :meth:`Experiment.validate`)."""
+
+    name: str
+    index: int                      # its place in the file: the table's order, its predictions files' order
+    method: str | None = None       # the LLM method; None: a CF row (the CF run its LLM rows read)
+    cf: str | None = None           # a key of the experiment's `cf`: a CF row's model, an LLM row's CF input
+    label: str | None = None        # how the plots name it (default: its name)
+    stage_from: dict[str, str] = field(default_factory=dict)  # stage -> the earlier row it is taken from
+    seeds: list[int] | None = None  # trained once per seed; None: once, with the config's seed
+    settings: dict = field(default_factory=dict)  # its LLMConfig fields, over the experiment's `llm`
+    # {from: RESULTS_FOLDER, training: NAME}: never trained here; its one training is the committed
+    # training NAME of another experiment's results (same test sample, same settings), e.g. Table 4's
+    # qkvo row = ml1m-cpu's "CoRA-MF seed 1".
+    carry: dict | None = None
+
+    @classmethod
+    def from_mapping(cls, index: int, d: dict) -> "Row":
+        """The row of a mapping of the file, as it is: :meth:`Experiment.validate` checks it."""
+        return cls(name=d["name"], index=index, method=d.get("method"), cf=d.get("cf"),
+                   label=d.get("label", d["name"]), stage_from=d.get("stage_from") or {},
+                   seeds=d.get("seeds"), carry=d.get("carry"),
+                   settings={k: v for k, v in d.items() if k not in ROW_KEYS})
 
 
 @dataclass(eq=False)
@@ -44,7 +72,7 @@ class Plan:
     """The trainings of an experiment in the file's order: ``cf_models`` by key, ``trainings``
     row by row (a seeded row's in the order of its seeds)."""
 
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp):  # a validated cora.experiment.spec.Experiment
         self.cf_models = {key: Training(f"cf:{key}", exp.cf_dir(key), exp.cf_config(key), cf=key) for key in exp.cf}
         self.trainings: list[Training] = []
         self._rows = exp.rows

@@ -27,7 +27,8 @@ from cora.io import atomic_path, read_json, read_yaml_mapping, sha256_file, writ
 
 if TYPE_CHECKING:
     from cora.experiment.plan import Training
-    from cora.experiment.spec import Experiment, Row
+    from cora.experiment.plan import Row
+    from cora.experiment.spec import Experiment
 
 
 def _train_info(run: Path) -> dict:

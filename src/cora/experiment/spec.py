@@ -45,40 +45,11 @@ from cora.config import CFConfig, LLMConfig
 from cora.data.sampling import DEFAULT_PER_USER, split_key
 from cora.errors import CoraError
 from cora.eval.plots import PLOTS
-from cora.experiment.plan import Plan
+from cora.experiment.plan import Plan, Row
 from cora.io import read_yaml_mapping
 from cora.ranges import check_fields, check_value
 
 # The keys of a row that are no LLMConfig field; every other key of a row is one.
-ROW_KEYS = {"name", "cf", "method", "label", "stage_from", "seeds", "carry"}
-
-
-@dataclass
-class Row:
-    """One row of the table, as the experiment file gives it (checked by :meth:`Experiment.validate`)."""
-
-    name: str
-    index: int                      # its place in the file: the table's order, its predictions files' order
-    method: str | None = None       # the LLM method; None: a CF row (the CF run its LLM rows read)
-    cf: str | None = None           # a key of the experiment's `cf`: a CF row's model, an LLM row's CF input
-    label: str | None = None        # how the plots name it (default: its name)
-    stage_from: dict[str, str] = field(default_factory=dict)  # stage -> the earlier row it is taken from
-    seeds: list[int] | None = None  # trained once per seed; None: once, with the config's seed
-    settings: dict = field(default_factory=dict)  # its LLMConfig fields, over the experiment's `llm`
-    # {from: RESULTS_FOLDER, training: NAME}: never trained here; its one training is the committed
-    # training NAME of another experiment's results (same test sample, same settings), e.g. Table 4's
-    # qkvo row = ml1m-cpu's "CoRA-MF seed 1".
-    carry: dict | None = None
-
-    @classmethod
-    def from_mapping(cls, index: int, d: dict) -> "Row":
-        """The row of a mapping of the file, as it is: :meth:`Experiment.validate` checks it."""
-        return cls(name=d["name"], index=index, method=d.get("method"), cf=d.get("cf"),
-                   label=d.get("label", d["name"]), stage_from=d.get("stage_from") or {},
-                   seeds=d.get("seeds"), carry=d.get("carry"),
-                   settings={k: v for k, v in d.items() if k not in ROW_KEYS})
-
-
 @dataclass
 class Experiment:
     name: str

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cora.errors import CoraError
 
-if TYPE_CHECKING:
-    from cora.methods.base import LLMMethod
 
 
 @dataclass(frozen=True)
@@ -52,13 +49,13 @@ def method_spec(name: str) -> MethodSpec:
     return REGISTRY[name]
 
 
-def method_class(name: str) -> type[LLMMethod]:
+def method_class(name: str) -> type:
     """The class of method ``name``, its module imported now (with torch)."""
     module, _, attr = method_spec(name).where.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def method_classes() -> dict[str, type[LLMMethod]]:
+def method_classes() -> dict[str, type]:
     """name -> class of every registered method, in registry order (imports them all)."""
     return {name: method_class(name) for name in REGISTRY}
 

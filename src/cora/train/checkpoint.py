@@ -90,6 +90,11 @@ class LoopState:
     # the time it took in all; the log's length then, for the truncate on resume.
     elapsed_s: float = 0.0
     log_bytes: int = 0
+    # Gradient norms since the last validation (one per step, logged as their max and last), steps
+    # skipped for a non-finite gradient in all and in a row.
+    grad_norms: list = field(default_factory=list)
+    skipped: int = 0
+    skipped_in_row: int = 0
 
 
 def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, opt, sched) -> None:
@@ -100,7 +105,8 @@ def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, o
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "step": st.step, "best": st.best, "bad": st.bad, "micro": st.micro, "elapsed_s": st.elapsed_s,
-        "running": st.running, "log_bytes": st.log_bytes})
+        "running": st.running, "log_bytes": st.log_bytes, "grad_norms": st.grad_norms, "skipped": st.skipped,
+        "skipped_in_row": st.skipped_in_row})
 
 
 def load_loop(folder: Path, opt, sched) -> tuple[dict[str, torch.Tensor], LoopState]:
@@ -113,5 +119,8 @@ def load_loop(folder: Path, opt, sched) -> tuple[dict[str, torch.Tensor], LoopSt
     if torch.cuda.is_available() and state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     st = LoopState(step=state["step"], micro=state["micro"], best=state["best"], bad=state["bad"],
-                   running=list(state.get("running", [])), elapsed_s=state["elapsed_s"], log_bytes=state["log_bytes"])
+                   running=list(state.get("running", [])), elapsed_s=state["elapsed_s"], log_bytes=state["log_bytes"],
+                   # checkpoints written before these existed: none recorded
+                   grad_norms=list(state.get("grad_norms", [])), skipped=state.get("skipped", 0),
+                   skipped_in_row=state.get("skipped_in_row", 0))
     return trainable, st

@@ -180,6 +180,10 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     started, seen, stop_reason = time.time(), 0, "patience" if st.bad >= cfg.patience else "max_steps"
     t0 = started - st.elapsed_s
     last_save = started
+    # The step of the checkpoint on disk (None: none yet), for the message of a run stopped by
+    # non-finite steps; the trainable tensors whose gradient norm is taken.
+    last_saved = {"step": st.step if resume and has_checkpoint(ckpt) else None}
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def checkpoint() -> None:  # main process only: the last state, swapped in atomically
         nonlocal last_save
@@ -187,6 +191,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         st.log_bytes = os.fstat(log.fileno()).st_size  # the log as of this checkpoint (flushed before)
         save_loop(ckpt, unwrapped.trainable_state_dict(), st, opt, sched)
         last_save = time.time()
+        last_saved["step"] = st.step
 
     def bar_info(loss: float, rate: float) -> str:  # reads `best` when called: after a validation too
         return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {st.best['score']:.4f}@{st.best['step']}"
@@ -207,22 +212,35 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 with ctx:
                     logits = model(batch)
                     loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-                    if not torch.isfinite(loss):
-                        raise CoraError(f"loss became {loss.item()} at step {st.step + 1} (lower --lr; the last "
-                                        f"checkpoint in {ckpt} is intact)")
+                    # Backward even when the loss is not finite: under DDP every process must take
+                    # part; the non-finite gradient then decides the step (the same on every process).
                     acc.backward(loss / cfg.grad_accum)
                 st.micro += 1
                 seen += len(rows)
-                st.running.append(loss.item())
+                if math.isfinite(value := loss.item()):
+                    st.running.append(value)
                 if not sync:
                     continue
-                opt.step()
+                norm = _grad_norm(trainable, cfg, acc)
+                st.grad_norms.append(norm if math.isfinite(norm) else None)
+                if math.isfinite(norm):
+                    opt.step()
+                    st.skipped_in_row = 0
+                else:  # skipped and counted; the schedule moves on, as under a loss scaler
+                    st.skipped += 1
+                    st.skipped_in_row += 1
+                    progress.console.print(f"step {st.step + 1}: the loss or gradient is not finite (loss {value}, "
+                                           f"gradient norm {norm}); step skipped ({st.skipped_in_row} in a row, "
+                                           f"{st.skipped} in all)")
+                    if st.skipped_in_row >= cfg.max_skipped_steps:
+                        raise CoraError(_skipped_message(st, cfg, out, last_saved))
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 st.step += 1
                 kill_point("step")  # the kill -9 tests' mid-training moment (cora.io.kill_point)
                 rate = seen / max(time.time() - started, 1e-9)
-                progress.update(task, completed=st.step, info=bar_info(np.mean(st.running[-20:]), rate))
+                progress.update(task, completed=st.step,
+                                info=bar_info(np.mean(st.running[-20:]) if st.running else math.nan, rate))
                 if st.step % cfg.eval_every == 0 or st.step == cfg.max_steps:
                     scores = predict(unwrapped, valid, cfg.eval_batch_size, acc)
                     score = selection_score(valid_labels, valid_users, scores, cfg.selection_metric)
@@ -233,11 +251,15 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                             save_tensors(out / layout.WEIGHTS, unwrapped.trainable_state_dict())
                     else:
                         st.bad += 1
-                    record = {"step": st.step, "epoch": epoch, "loss": float(np.mean(st.running)), "lr": sched.get_last_lr()[0],
+                    norms = [n for n in st.grad_norms if n is not None]
+                    record = {"step": st.step, "epoch": epoch,
+                              "loss": float(np.mean(st.running)) if st.running else None, "lr": sched.get_last_lr()[0],
                               f"valid_{cfg.selection_metric}": score, "best": st.best["score"], "best_step": st.best["step"],
-                              "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1)}
-                    st.running = []
-                    progress.update(task, info=bar_info(record["loss"], rate))  # the best may have changed
+                              "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1),
+                              "grad_norm": norms[-1] if norms else None, "grad_norm_max": max(norms) if norms else None,
+                              "skipped_steps": st.skipped}
+                    st.running, st.grad_norms = [], []
+                    progress.update(task, info=bar_info(record["loss"] or math.nan, rate))  # the best may have changed
                     if acc.is_main_process:
                         try:
                             log.write(json.dumps(record) + "\n")
@@ -248,7 +270,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                             raise
                         if show_progress and not progress.console.is_terminal:
                             # A bar is invisible in a log file: say each validation in one line.
-                            progress.console.print(f"step {st.step}/{cfg.max_steps}  loss {record['loss']:.4f}  valid "
+                            progress.console.print(f"step {st.step}/{cfg.max_steps}  loss {record['loss'] or math.nan:.4f}  valid "
                                                    f"{cfg.selection_metric} {score:.4f}  best {st.best['score']:.4f}"
                                                    f"@{st.best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
                         checkpoint()
@@ -264,7 +286,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 if st.step >= cfg.max_steps or stop_reason != "max_steps":
                     break
     log.close()
-    summary = {"steps": st.step, "stop_reason": stop_reason, "best_step": st.best["step"],
+    summary = {"steps": st.step, "stop_reason": stop_reason, "best_step": st.best["step"], "skipped_steps": st.skipped,
                f"best_valid_{cfg.selection_metric}": st.best["score"], "wall_time_s": round(time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
@@ -275,6 +297,29 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         if not keep_checkpoint:
             drop_checkpoint(ckpt)
     return summary
+
+
+def _grad_norm(params: list[torch.Tensor], cfg: LLMConfig, acc: Accelerator) -> float:
+    """The global L2 norm of the gradient of this step (after DDP's all-reduce: the same on every
+    process), clipped to ``max_grad_norm`` when set. Reading it changes no gradient."""
+    if cfg.max_grad_norm is not None:
+        return float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def _skipped_message(st, cfg: LLMConfig, out: Path, last_saved: dict) -> str:
+    """One true line: what happened, what is on disk, what to change."""
+    first = st.step - st.skipped_in_row + 2
+    saved = (f"the last checkpoint ({out / layout.CHECKPOINT}, step {last_saved['step']}) is intact"
+             if last_saved["step"] is not None else "no checkpoint was written yet (a new run starts over)")
+    best = (f", the best weights so far ({out / layout.WEIGHTS}) are from step {st.best['step']}"
+            if st.best["step"] else "")
+    return (f"{st.skipped_in_row} steps in a row ({first}-{st.step + 1}) had a non-finite loss or gradient: "
+            f"training stopped; {saved}{best}. Lower --lr, set --max-grad-norm (e.g. 1.0) or train in fp32, "
+            "then resume or start again")
 
 
 def _main_says(acc: Accelerator, yes: bool) -> bool:
