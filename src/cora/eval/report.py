@@ -296,12 +296,27 @@ def markdown_table(rows: list[dict], split: str, meta: dict | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def verdict(delta_ci: list | None) -> str:
+def verdict(delta_ci: list | None, words: tuple[str, str] = ("better", "worse")) -> str:
     """What a 95 % interval of (reference - row) decides: the reference is 'better' where the whole
     interval is above 0, 'worse' where it is below, 'n.s.' (not distinguishable) where it holds 0."""
     if not delta_ci or None in delta_ci:
         return "-"
-    return "better" if delta_ci[0] > 0 else "worse" if delta_ci[1] < 0 else "n.s."
+    return words[0] if delta_ci[0] > 0 else words[1] if delta_ci[1] < 0 else "n.s."
+
+
+def _decided_cells(diffs: dict, sign: float = 1.0, words: tuple[str, str] = ("better", "worse")) -> list[str]:
+    """One cell per metric of ``diffs`` (``delta_<m>`` and ``delta_<m>_ci95``, times ``sign``):
+    'decision (value [95 % interval])', or '-' where it is undefined."""
+    cells = []
+    for m in _HEADS:
+        d, ci = diffs.get(f"delta_{m}"), diffs.get(f"delta_{m}_ci95")
+        if d is None or not ci or None in ci:
+            cells.append("-")
+            continue
+        # 0.0 + x and 0.0 - x: no "-0.000"
+        lo, hi = sorted((0.0 + sign * ci[0], 0.0 + sign * ci[1]))
+        cells.append(f"{verdict([lo, hi], words)} ({0.0 + sign * d:+.3f} [{lo:+.3f}, {hi:+.3f}])")
+    return cells
 
 
 def verdict_table(rows: list[dict], meta: dict | None) -> str:
@@ -315,16 +330,8 @@ def verdict_table(rows: list[dict], meta: dict | None) -> str:
     lines = [f"Is {ref} better than each row? Cell: verdict ({ref} - row [95 % interval]); 'better' / "
              "'worse' where the interval excludes 0, 'n.s.' where it holds 0.", "",
              "| row | " + " | ".join(_HEADS.values()) + " |", "|---|" + "---|" * len(_HEADS)]
-    for r in others:
-        cells = []
-        for m in _HEADS:
-            d, ci = r["vs_reference"].get(f"delta_{m}"), r["vs_reference"].get(f"delta_{m}_ci95")
-            if d is None or not ci or None in ci:
-                cells.append("-")
-                continue
-            flipped = [0.0 - ci[1], 0.0 - ci[0]]  # the stored difference is row - reference (0.0 - x: no "-0.000")
-            cells.append(f"{verdict(flipped)} ({0.0 - d:+.3f} [{flipped[0]:+.3f}, {flipped[1]:+.3f}])")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for r in others:  # the stored difference is row - reference: shown flipped
+        lines.append(f"| {r['method']} | " + " | ".join(_decided_cells(r["vs_reference"], sign=-1.0)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -339,14 +346,7 @@ def contrast_table(meta: dict | None) -> str:
              "'> 0' / '< 0' where the interval excludes 0, 'n.s.' where it holds 0.", "",
              "| contrast | " + " | ".join(_HEADS.values()) + " |", "|---|" + "---|" * len(_HEADS)]
     for name, c in contrasts.items():
-        cells = []
-        for m in _HEADS:
-            d, ci = c.get(f"delta_{m}"), c.get(f"delta_{m}_ci95")
-            if d is None or not ci or None in ci:
-                cells.append("-")
-                continue
-            decision = "> 0" if ci[0] > 0 else "< 0" if ci[1] < 0 else "n.s."
-            cells.append(f"{decision} ({d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}])")
+        cells = _decided_cells(c, words=("> 0", "< 0"))
         terms = " ".join(f"{'+' if w > 0 else '-'} {'' if abs(w) == 1 else f'{abs(w):g} '}{row}"
                          for row, w in c["weights"].items()).lstrip("+ ")
         lines.append(f"| {name}: {terms} | " + " | ".join(cells) + " |")

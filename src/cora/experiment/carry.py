@@ -95,11 +95,10 @@ def carried_run(exp: Experiment, t: Training, committed: dict, files: dict) -> d
         console.print(f"[yellow]{where}: '{key}' ran with other settings for {', '.join(diff)}: stale, "
                       "not carried (run it again)")
         return None
-    # The committed training's own row and seed (another experiment's, for a carried row).
-    # A training's name is its row's, plus " seed N" for a seeded row's (Plan's naming).
+    # The committed training's own row and seed (another experiment's, for a carried row): a
+    # training's name is its row's, plus " seed N" for a seeded row's (Plan's naming).
     seed = entry.get("seed")
-    row_name = key.removesuffix(f" seed {seed}") if seed is not None else key
-    file_key = (row_name, seed) if t.row.carry else (t.row.name, t.seed)
+    file_key = (key.removesuffix(f" seed {seed}") if seed is not None else key, seed)
     if file_key not in files:
         raise CoraError(f"{where.parent / 'predictions'}: no predictions file for committed '{key}' on "
                         f"{exp.key} (restore it, or delete '{key}' from {where})")

@@ -157,12 +157,16 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     unwrapped: LLMMethod = acc.unwrap_model(model)
 
     st = LoopState()
+    # The step of the checkpoint on disk (None: none yet), for the message of a run stopped by
+    # non-finite steps.
+    last_saved: dict = {"step": None}
     if acc.is_main_process:
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
     if resume and has_checkpoint(ckpt):
         trainable, st = load_loop(ckpt, opt, sched)
         unwrapped.load_trainable_state_dict(trainable)
+        last_saved["step"] = st.step
     elif cfg.calibrate_logit:
         calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
@@ -180,10 +184,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     started, seen, stop_reason = time.time(), 0, "patience" if st.bad >= cfg.patience else "max_steps"
     t0 = started - st.elapsed_s
     last_save = started
-    # The step of the checkpoint on disk (None: none yet), for the message of a run stopped by
-    # non-finite steps; the trainable tensors whose gradient norm is taken.
-    last_saved = {"step": st.step if resume and has_checkpoint(ckpt) else None}
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # whose gradient norm is taken
 
     def checkpoint() -> None:  # main process only: the last state, swapped in atomically
         nonlocal last_save
