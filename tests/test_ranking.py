@@ -172,15 +172,16 @@ def test_evaluate_ranking_writes_metrics_and_predictions(run):
     assert {"users", "k", "candidates", "cf", "rerank"} <= set(saved) and saved["k"] == 3 and saved["candidates"] == 8
     assert set(saved["cf"]) == set(saved["rerank"]) == {"hr", "ndcg"}
     table = pd.read_parquet(run / f"{key}.parquet")
-    assert list(table.columns) == ["uid", "iid", "cf_score", "cf_rank", "score", "rerank_rank", "relevant"]
-    assert table["uid"].nunique() == m["users"]
+    # The dataset's own ids (the toy has no maps: cora's) and titles; internal ids only when asked for.
+    assert list(table.columns) == ["user", "item", "title", "cf_score", "cf_rank", "score", "rerank_rank", "relevant"]
+    assert table["user"].nunique() == m["users"]
 
 
 def test_limit_users_is_a_seeded_sample(run, ranked):
     full = ranked[0]
     a = evaluate_ranking(run, "test", k=3, candidates=8, limit_users=4, show_progress=False)
-    users_a = set(pd.read_parquet(run / "ranking-test-k3-c8-limit4.parquet")["uid"])
-    b = evaluate_ranking(run, "test", k=3, candidates=8, limit_users=4, show_progress=False)
+    users_a = set(pd.read_parquet(run / "ranking-test-k3-c8-limit4.parquet")["user"])
+    b = evaluate_ranking(run, "test", k=3, candidates=8, limit_users=4, show_progress=False, internal_ids=True)
     users_b = set(pd.read_parquet(run / "ranking-test-k3-c8-limit4.parquet")["uid"])
     assert a["users"] == 4 and a["limit_users"] == 4 and users_a == users_b
     assert a["eligible_users"] == full["users"] and users_a <= set(ranked[1]["uid"])

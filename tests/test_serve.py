@@ -20,7 +20,7 @@ from cora.errors import CoraError
 from cora.serve import Recommender
 from cora.serve.app import MAX_CANDIDATES, MAX_K, MAX_PAIRS, create_app
 from cora.serve.batcher import MicroBatcher, QueueFull
-from cora.serve.pairs import read_pairs_csv
+from cora.serve.pairs import read_pairs
 from cora.train.run import train_run
 
 from llm_fixtures import tiny_cf_run, tiny_config
@@ -107,6 +107,13 @@ def test_a_cold_user_gets_popular_candidates_not_cf_noise(rec, tables):
     recs = cold.recommend(uid, k=2, candidates=4)
     assert {r.retrieved_by for r in recs} == {"popularity"} and {r.item for r in recs} <= set(expected[:4])
     assert recs[0].to_dict()["retrieved_by"] == "popularity"
+    # Each field means one thing: a popularity count is not a CF score.
+    assert all(r.cf_score is None and r.train_positives == positives.get(r.item, 0) for r in recs)
+    assert all(r.train_positives is None and r.cf_score is not None for r in rec.recommend(uid, k=2, candidates=4))
+    with TestClient(create_app(cold, max_batch=8, max_wait_ms=1)) as c:
+        served = c.post("/recommend", json={"user": uid, "k": 2, "candidates": 4}).json()["items"]
+    assert [(x["item"], x["cf_score"], x["train_positives"], x["retrieved_by"]) for x in served] == [
+        (r.item, None, r.train_positives, "popularity") for r in recs]
 
 
 def test_score_pairs_are_sigmoids_of_the_runs_logits(rec):
@@ -159,7 +166,7 @@ def test_health_info_and_openapi(client, rec):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/info").json()
     assert info["method"] == "cora" and info["modules"] == rec.cfg.modules and info["dataset"] == "toy"
-    assert info["backbone"] == rec.cfg.backbone and info["n_users"] == 12 and info["n_items"] == 30
+    assert info["n_users"] == 12 and info["n_items"] == 30 and info["id_maps"] is False  # the toy has no maps
     spec = client.get("/openapi.json").json()
     assert {"/health", "/info", "/score", "/recommend"} <= set(spec["paths"])
 
@@ -169,7 +176,9 @@ def test_score_endpoint_equals_the_library(client, rec):
     r = client.post("/score", json={"pairs": [{"user": u, "item": i} for u, i in pairs]})
     assert r.status_code == 200
     results = r.json()["results"]
-    assert [(x["user"], x["item"]) for x in results] == pairs
+    assert [(x["user"], x["item"]) for x in results] == pairs  # no id maps: the dataset's ids are cora's
+    assert [x["title"] for x in results] == [rec.catalog.titles[i] for _, i in pairs]
+    assert not {"uid", "iid"} & set(results[0])  # internal ids only when asked for
     np.testing.assert_allclose([x["probability"] for x in results], rec.score_pairs(pairs), atol=1e-6)
     np.testing.assert_allclose([x["score"] for x in results], rec.logits(pairs), atol=1e-5)
 
@@ -207,10 +216,38 @@ def gappy_client(rec):
     ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 5, "item": 2}]}, "unknown user 5"),
     ("/score", {"pairs": [{"user": 1, "item": 7}]}, "unknown item 7"),
     ("/recommend", {"user": 5, "k": 2}, "unknown user 5"),
+    ("/recommend", {"user": 5, "k": 2, "internal_ids": True}, "unknown user 5"),
 ])
 def test_unknown_ids_in_range_are_404_naming_the_id(gappy_client, path, body, needle):
     r = gappy_client.post(path, json=body)
     assert r.status_code == 404 and needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path, body, detail", [
+    ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 999, "item": 2}]},
+     "unknown user 999: no interactions in the dataset"),
+    ("/score", {"pairs": [{"user": 1, "item": 31}]}, "unknown item 31: not an item of the dataset (no title)"),
+    ("/score", {"pairs": [{"user": 1, "item": 0}]}, "unknown item 0: not an item of the dataset (no title)"),
+    ("/score", {"pairs": [{"user": "u1", "item": 2}]}, "unknown user 'u1': no interactions in the dataset"),
+    ("/score", {"pairs": [{"user": 1, "item": 2 ** 70}]}, f"unknown item {2 ** 70}: not an item of the dataset (no title)"),
+    ("/recommend", {"user": 12345, "k": 2}, "unknown user 12345: no interactions in the dataset"),
+    ("/recommend", {"user": -1}, "unknown user -1: no interactions in the dataset"),
+    ("/recommend", {"user": 13, "internal_ids": True}, "unknown user 13: no interactions in the dataset"),
+    ("/recommend", {"user": "x", "internal_ids": True},
+     "unknown user 'x': cora's internal ids are whole numbers (without internal ids, ids are the dataset's own)"),
+])
+def test_ids_the_dataset_does_not_know_are_404_naming_them(client, path, body, detail):
+    r = client.post(path, json=body)
+    assert r.status_code == 404 and r.json() == {"detail": detail}
+
+
+def test_ids_as_text_or_numbers_are_the_same_id(client, rec):
+    """A dataset without maps: its ids are cora's; "2" and 2 (and 2.0) name the same item."""
+    as_numbers = client.post("/score", json={"pairs": [{"user": 1, "item": 2}]}).json()["results"]
+    as_text = client.post("/score", json={"pairs": [{"user": " 1", "item": "2"}]}).json()["results"]
+    assert as_text == as_numbers and as_numbers[0]["user"] == 1 and as_numbers[0]["item"] == 2
+    internal = client.post("/score", json={"pairs": [{"user": 1, "item": 2}], "internal_ids": True}).json()["results"]
+    assert internal == [{**as_numbers[0], "uid": 1, "iid": 2}]
 
 
 def test_integers_written_as_floats_are_integers(client, rec):
@@ -226,8 +263,12 @@ def test_integers_written_as_floats_are_integers(client, rec):
     ("/score", b""),
     ("/score", b"[1, 2]"),
     ("/score", {"pairs": []}),
-    ("/score", {"pairs": [{"user": "1", "item": 2}]}),
     ("/score", {"pairs": [{"user": 1.5, "item": 2}]}),
+    ("/score", {"pairs": [{"user": "", "item": 2}]}),
+    ("/score", {"pairs": [{"user": "u" * 257, "item": 2}]}),
+    ("/score", {"pairs": [{"user": [1], "item": 2}]}),
+    ("/score", {"pairs": [{"user": 1, "item": 2}], "internal_ids": "yes"}),  # the flag is a JSON boolean
+    ("/recommend", {"user": 1, "internal_ids": 1}),
     ("/score", {"pairs": [{"user": None, "item": 2}]}),
     ("/score", {"pairs": [{"user": True, "item": 2}]}),
     ("/score", {"pairs": [{"user": 1}]}),
@@ -240,12 +281,6 @@ def test_integers_written_as_floats_are_integers(client, rec):
     ("/recommend", {"user": 1, "candidates": MAX_CANDIDATES + 1}),
     ("/recommend", {"user": 1, "k": 5, "candidates": 3}),
     ("/recommend", {"k": 5}),
-    # ids outside 1..n-1 of the dataset (12 users, 30 items): the schema's minimum / maximum
-    ("/score", {"pairs": [{"user": 1, "item": 2}, {"user": 999, "item": 2}]}),
-    ("/score", {"pairs": [{"user": 1, "item": 31}]}),
-    ("/score", {"pairs": [{"user": 1, "item": 0}]}),
-    ("/recommend", {"user": 12345, "k": 2}),
-    ("/recommend", {"user": -1}),
     # tokens Python's JSON parser accepts: the 422 that echoes them must still be JSON
     ("/recommend", b'{"user": NaN}'),
     ("/score", b'{"pairs": [{"user": 1, "item": Infinity}]}'),
@@ -266,10 +301,10 @@ def test_queue_full_is_503_with_retry_after(rec):
     entered, gate = threading.Event(), threading.Event()
     score = batcher.score_fn
 
-    def blocked(pairs):
+    def blocked(pairs, keep_going):
         entered.set()
         assert gate.wait(30)
-        return score(pairs)
+        return score(pairs, keep_going)
 
     batcher.score_fn = blocked
     body = {"pairs": [{"user": 1, "item": 2}]}
@@ -312,7 +347,7 @@ def test_concurrent_requests_share_one_forward_pass(rec):
     finally:
         del rec.method.forward
     assert calls == [8]
-    assert app.state.batcher.stats == {"requests": 4, "pairs": 8, "batches": 1, "rejected": 0}
+    assert app.state.batcher.stats == {"requests": 4, "pairs": 8, "batches": 1, "rejected": 0, "timed_out": 0}
     got = [x["probability"] for r in responses for x in r.json()["results"]]
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -320,7 +355,7 @@ def test_concurrent_requests_share_one_forward_pass(rec):
 def test_batcher_merges_up_to_max_batch_and_carries_the_overflow():
     seen = []
 
-    def score(pairs):
+    def score(pairs, keep_going):
         seen.append(len(pairs))
         return np.array([10 * u + i for u, i in pairs], dtype=float)
 
@@ -356,8 +391,9 @@ def test_cli_score_writes_the_same_scores_as_the_service(run, rec, client, tmp_p
                           "--batch-size", 3)
     assert code == 0, err
     df = pd.read_parquet(tmp_path / "s.parquet")
-    assert list(df.columns) == ["user", "item", "score", "probability"]
+    assert list(df.columns) == ["user", "item", "title", "score", "probability"]
     assert list(zip(df["user"], df["item"])) == pairs
+    assert df["title"].tolist() == [rec.catalog.titles[i] for _, i in pairs]
     served = client.post("/score", json={"pairs": [{"user": u, "item": i} for u, i in pairs]}).json()["results"]
     np.testing.assert_allclose(df["probability"], [x["probability"] for x in served], atol=1e-6)
     np.testing.assert_allclose(df["probability"], rec.score_pairs(pairs), atol=1e-6)
@@ -369,35 +405,52 @@ def test_cli_recommend_json_and_table(run, rec, monkeypatch, capsys):
     assert code == 0, err
     got = json.loads(out)
     assert got["user"] == uid and [x["item"] for x in got["items"]] == [r.item for r in rec.recommend(uid, 3, 6)]
-    assert set(got["items"][0]) == {"rank", "item", "title", "probability", "cf_score", "retrieved_by"}
+    assert set(got["items"][0]) == {"rank", "item", "title", "probability", "cf_score", "train_positives",
+                                    "retrieved_by"}
     code, out, err = _cli(monkeypatch, capsys, "recommend", run, "--user", uid, "--k", 2, "--candidates", 6)
     assert code == 0 and "probability" in out and rec.catalog.titles[got["items"][0]["item"]] in out
     code, out, err = _cli(monkeypatch, capsys, "recommend", run, "--user", 4242)
-    assert code == 1 and "unknown user 4242" in err
+    assert code == 1 and "unknown user '4242': no interactions in the dataset" in err
 
 
 @pytest.mark.parametrize("text, needles", [
-    ("user,itm\n1,2\n", ["missing column(s) 'item'"]),
-    ("user,item\n1,2\n3,x\n", ["column 'item'", "row 2", "'x'"]),
-    ("user,item\n1,2\n,2\n", ["column 'user'", "row 2"]),
-    ("user,item\n1,2\n1,-4\n", ["column 'item'", "row 2", "'-4'"]),
-    ("user,item\n", ["no pairs"]),
-    ("", ["not a readable CSV"]),
+    ("user,itm\n1,2\n", ["no item column (looked for item, item_id, movieId", "columns are 'user', 'itm'",
+                         "pass --item COL"]),
+    ("user,item\n1,2\n,2\n", ["column 'user' is empty at line 3"]),
+    ("user,user_id,item\n1,2,3\n", ["columns 'user' and 'user_id' could each be the user column",
+                                    "pass --user COL"]),
+    ("user,item\n", ["no data rows"]),
+    ("", ["file is empty"]),
 ])
-def test_bad_pairs_csv_is_a_one_line_error(tmp_path, text, needles):
+def test_bad_pairs_file_is_a_one_line_error(tmp_path, text, needles):
     path = tmp_path / "bad.csv"
     path.write_text(text)
     with pytest.raises(CoraError) as e:
-        read_pairs_csv(path)
+        read_pairs(path)
     msg = str(e.value)
-    assert "\n" not in msg and str(path) in msg and all(n in msg for n in needles), msg
+    assert "\n" not in msg and msg.startswith(str(path)) and all(n in msg for n in needles), msg
 
 
-def test_unknown_id_in_pairs_csv_names_column_and_row(run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("header", ["user,item", "userId,movieId", "user_id,item_id", "UID , IID"])
+def test_pairs_file_columns_are_named_as_for_the_importer(tmp_path, header):
     path = tmp_path / "pairs.csv"
-    path.write_text("user,item\n1,2\n2,3\n1,777\n")
-    code, out, err = _cli(monkeypatch, capsys, "score", run, "--pairs", path, "--out", tmp_path / "s.parquet")
-    assert code == 1 and "column 'item', row 3: unknown item 777" in err
+    path.write_text(f"{header},rating\n7,260,5\n8, 1196 ,4\n")
+    got = read_pairs(path)
+    assert got.ids == {"user": ["7", "8"], "item": ["260", "1196"]} and len(got) == 2
+    path.write_text("who,what\n7,260\n")
+    assert read_pairs(path, user="who", item="what").ids == {"user": ["7"], "item": ["260"]}
+
+
+@pytest.mark.parametrize("text, flags, needle", [
+    ("user,item\n1,2\n2,3\n1,777\n", [], "column 'item', line 4: unknown item '777': not an item of the dataset"),
+    ("user,item\n1,2\nu9,3\n", [], "column 'user', line 3: unknown user 'u9': no interactions in the dataset"),
+    ("user,item\n1,2\n3,x\n", ["--internal-ids"], "column 'item', line 3: unknown item 'x': cora's internal ids"),
+])
+def test_unknown_id_in_pairs_file_names_column_line_and_id(run, tmp_path, monkeypatch, capsys, text, flags, needle):
+    path = tmp_path / "pairs.csv"
+    path.write_text(text)
+    code, out, err = _cli(monkeypatch, capsys, "score", run, "--pairs", path, "--out", tmp_path / "s.parquet", *flags)
+    assert code == 1 and f"{path}: {needle}" in err, err
     assert not (tmp_path / "s.parquet").exists()
 
 
@@ -409,4 +462,5 @@ def test_cli_bad_csv_from_a_shell(run, tmp_path):
                   env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"})
     assert res.returncode == 1
     lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "missing column(s) 'user', 'item'" in lines[0] and str(path) in lines[0]
+    assert len(lines) == 1 and "no user column" in lines[0] and "is the separator right?" in lines[0]
+    assert str(path) in lines[0]

@@ -24,7 +24,7 @@ START_TIMEOUT_S = 120.0
 
 # ----------------------------------------------------------------------------- the batcher
 def _slow_batcher(gate: threading.Event, entered: threading.Event, **kw) -> MicroBatcher:
-    def score(pairs):
+    def score(pairs, keep_going):
         entered.set()
         assert gate.wait(30)
         return np.array([float(u) for u, _ in pairs])

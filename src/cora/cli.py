@@ -238,19 +238,23 @@ def evaluate_cmd(
     candidates: int = typer.Option(100, "--candidates", help="--ranking: unseen items CF retrieves per user."),
     limit_users: Optional[int] = typer.Option(None, "--limit-users", help="--ranking: a seeded sample of N users."),
     cf: Optional[Path] = typer.Option(None, "--cf", help="--ranking: CF run for retrieval (runs without one, e.g. ICL)."),
+    internal_ids: bool = typer.Option(False, "--internal-ids", help="--ranking: the candidates file adds cora's "
+                                      "internal ids (uid, iid) beside the dataset's (user, item)."),
 ) -> None:
     """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
-    With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json)."""
+    With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json), and
+    the scored candidates in the dataset's own ids (ranking-<key>.parquet)."""
     check_options(limit=limit, per_user=per_user, k=k, candidates=candidates, limit_users=limit_users)
     if ranking:
         if limit is not None or per_user is not None or whole_users:
             raise CoraError("--limit / --per-user / --whole-users are for AUC; with --ranking use --limit-users")
         from cora.serve.ranking import evaluate_ranking
 
-        _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf), title=str(run))
+        _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf, internal_ids=internal_ids),
+                       title=str(run))
         return
-    if limit_users is not None or cf is not None:
-        raise CoraError("--limit-users and --cf go with --ranking")
+    if limit_users is not None or cf is not None or internal_ids:
+        raise CoraError("--limit-users, --cf and --internal-ids go with --ranking")
     from cora.train.run import evaluate_run
 
     metrics = evaluate_run(run, split, limit, per_user=_per_user(limit, per_user, whole_users))
@@ -412,62 +416,107 @@ def probe_cmd(
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
-    user: int = typer.Option(..., "--user", help="User id."),
+    user: str = typer.Option(..., "--user", help="User id: the dataset's own (its users.parquet), or cora's "
+                             "with --internal-ids."),
     k: int = typer.Option(10, "--k", help="Items to recommend."),
     candidates: int = typer.Option(100, "--candidates", help="Unseen items the CF model retrieves for reranking."),
-    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run for retrieval (runs of methods without one, e.g. ICL)."),
+    cf: Path | None = typer.Option(None, "--cf", help="CF run for retrieval (runs of methods without one, e.g. ICL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    internal_ids: bool = typer.Option(False, "--internal-ids", help="--user is cora's internal id; the output "
+                                      "adds internal ids (uid, iid)."),
 ) -> None:
     """Top-k items for a user: CF retrieves unseen candidates, the run's LLM method reranks them."""
-    from cora.serve.recommend import Recommender, check_k
+    from cora.serve.preflight import RunData, check_k
 
-    check_options(user=user, k=k, candidates=candidates)
-    check_k(k, candidates)  # before the (slow) model loads
-    rec = Recommender.from_run(run, cf=cf)
-    items = rec.recommend(user, k=k, candidates=candidates)
+    check_options(k=k, candidates=candidates)
+    if internal_ids:
+        from cora.serve.ids import internal_id
+
+        check_options(user=internal_id("user", user))
+    check_k(k, candidates)
+    data = RunData.open(run)
+    uid = data.user(user, internal=internal_ids)  # an unknown id fails here, before the (slow) model loads
+    rec = data.recommender(cf=cf)
+    items = rec.recommend(uid, k=k, candidates=candidates)
+    original = rec.ids.users.original(uid)
     if as_json:
-        print(json.dumps({"user": user, "items": [r.to_dict() for r in items]}, indent=2))
+        print(json.dumps(_recommendation_json(rec, uid, items, internal_ids), indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
+    from cora.serve.ids import shown
+
     source = items[0].retrieved_by if items else "cf"
-    why = "" if source == "cf" else f" (user {user} has no training rows: its CF vector is untrained)"
-    t = Table(title=f"user {user}: top {k} of {candidates} {'CF' if source == 'cf' else 'most popular'} "
-                    f"candidates reranked by {rec.cfg.method} ({run}){why}")
-    for c in ("rank", "item", "title", "probability", "CF score" if source == "cf" else "train positives"):
+    name = f"user {shown(original)}" + (f" (uid {uid})" if internal_ids else "")
+    why = "" if source == "cf" else f" ({name} has no training rows: its CF vector is untrained)"
+    t = Table(title=escape(f"{name}: top {k} of {candidates} {'CF' if source == 'cf' else 'most popular'} "
+                           f"candidates reranked by {rec.cfg.method} ({run}){why}"))
+    columns = ["rank", "item", *(["iid"] if internal_ids else []), "title", "probability",
+               "CF score" if source == "cf" else "train positives"]
+    for c in columns:
         t.add_column(c, justify="left" if c == "title" else "right")
     for r in items:
-        t.add_row(str(r.rank), str(r.item), r.title, f"{r.probability:.4f}",
-                  f"{r.cf_score:.4f}" if source == "cf" else f"{r.cf_score:.0f}")
+        t.add_row(str(r.rank), escape(str(rec.ids.items.original(r.item))), *([str(r.item)] if internal_ids else []),
+                  escape(r.title), f"{r.probability:.4f}",
+                  f"{r.cf_score:.4f}" if r.cf_score is not None else str(r.train_positives))
     console.print(t)
+
+
+def _recommendation_json(rec, uid: int, items: list, internal_ids: bool) -> dict:
+    """The /recommend answer's shape: the dataset's ids; cora's (uid, iid) only with internal_ids."""
+    out = {"user": rec.ids.users.original(uid), **({"uid": uid} if internal_ids else {}), "items": []}
+    for r in items:
+        d = r.to_dict()
+        d["item"] = rec.ids.items.original(r.item)
+        if internal_ids:
+            d = {k: v for k, v in (*list(d.items())[:2], ("iid", r.item), *list(d.items())[2:])}
+        out["items"].append(d)
+    return out
 
 
 @app.command("score")
 def score_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
-    pairs: Path = typer.Option(..., "--pairs", help="CSV with columns user,item."),
-    out: Path = typer.Option(..., "--out", help="Parquet file to write: user, item, score (logit), probability."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Pairs per forward pass (the run's eval batch size)."),
+    pairs: Path = typer.Option(..., "--pairs", help="csv, tsv or parquet with a user and an item column, named as "
+                               "for 'cora data import-interactions' (user,item / userId,movieId / ...)."),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write: user, item, title, score (logit), probability."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per forward pass (the run's eval batch size)."),
+    user_col: str | None = typer.Option(None, "--user", metavar="COL", help="User column (default: detected)."),
+    item_col: str | None = typer.Option(None, "--item", metavar="COL", help="Item column (default: detected)."),
+    fmt: str | None = typer.Option(None, "--format", help="csv | tsv | parquet (default: by file name; csv "
+                                      "for other names)."),
+    internal_ids: bool = typer.Option(False, "--internal-ids", help="The file holds cora's internal ids; the "
+                                      "output adds them (uid, iid)."),
 ) -> None:
-    """Score (user, item) pairs from a CSV with a run's best weights."""
+    """Score (user, item) pairs of a file, in the dataset's own ids, with a run's best weights."""
     from cora.serve.pairs import score_file
 
     check_options(batch_size=batch_size)
-    df = score_file(run, pairs, out, batch_size=batch_size)
+    df = score_file(run, pairs, out, batch_size=batch_size, internal=internal_ids, user=user_col, item=item_col,
+                    fmt=fmt)
     console.print(f"scored {len(df):,} pairs -> {out}")
 
 
 @app.command("serve")
 def serve_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (the default: this machine only)."),
     port: int = typer.Option(8000, "--port", help="Port."),
     max_batch: int = typer.Option(32, "--max-batch", help="Most pairs per forward pass."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a batch waits for more requests."),
     queue_size: int = typer.Option(256, "--queue-size", help="Requests allowed to wait; beyond it: 503."),
-    cf: Optional[Path] = typer.Option(None, "--cf", help="CF run for /recommend (runs of methods without one)."),
+    cf: Path | None = typer.Option(None, "--cf", help="CF run for /recommend (runs of methods without one)."),
     max_pairs: int = typer.Option(1024, "--max-pairs", help="Most pairs per /score request; beyond it: 422."),
+    max_candidates: int = typer.Option(1000, "--max-candidates", help="Most candidates per /recommend request "
+                                       "(prompts it costs); beyond it: 422."),
+    request_timeout: float = typer.Option(120.0, "--request-timeout", help="Seconds a request may take, queue "
+                                          "included; beyond it: 504 and the request is dropped."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Largest request body; beyond it: 413."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File holding the API key every "
+                                                "request but /health must send (Authorization: Bearer KEY); "
+                                                "default: $CORA_API_KEY, else none."),
+    show_paths: bool = typer.Option(False, "--show-paths", help="/info shows the run's and backbone's paths."),
     shutdown_grace: float = typer.Option(10.0, "--shutdown-grace",
                                          help="Seconds queued requests get after SIGTERM; the rest: 503."),
 ) -> None:
@@ -480,15 +529,24 @@ def serve_cmd(
     if missing:
         raise CoraError(f"cora serve needs {' and '.join(missing)}: pip install 'cora-rec[serve]'")
     check_options(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
-    from cora.serve.server import check_serve_flags, serve
+    from cora.serve.gates import read_api_key
+    from cora.serve.server import check_serve_flags, exposure_warning, serve
 
-    check_serve_flags(max_pairs=max_pairs, max_body_bytes=max_body_bytes, shutdown_grace=shutdown_grace)
+    check_serve_flags(max_pairs=max_pairs, max_body_bytes=max_body_bytes, shutdown_grace=shutdown_grace,
+                      max_candidates=max_candidates, request_timeout=request_timeout)
+    api_key, key_source = read_api_key(api_key_file)
+    if warning := exposure_warning(host, api_key):
+        err_console.print(f"[bold yellow]warning:[/] {_one_line(warning)}", highlight=False, soft_wrap=True)
+    elif api_key is not None:
+        err_console.print(f"API key from {_one_line(key_source)}: requests need 'Authorization: Bearer <key>'",
+                          highlight=False, soft_wrap=True)
     from cora.serve.app import create_app
-    from cora.serve.recommend import Recommender
+    from cora.serve.preflight import RunData
 
-    rec = Recommender.from_run(run, cf=cf)
+    rec = RunData.open(run).recommender(cf=cf)
     serve(create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, max_pairs=max_pairs,
-                     max_body_bytes=max_body_bytes), host=host, port=port, grace_s=shutdown_grace)
+                     max_body_bytes=max_body_bytes, max_candidates=max_candidates, request_timeout_s=request_timeout,
+                     api_key=api_key, show_paths=show_paths), host=host, port=port, grace_s=shutdown_grace)
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

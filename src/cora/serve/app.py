@@ -1,20 +1,25 @@
 """HTTP service over a :class:`~cora.serve.recommend.Recommender` (FastAPI; run with uvicorn).
 
 Endpoints: ``GET /health``, ``GET /info``, ``POST /score``, ``POST /recommend``; the OpenAPI
-schema is at ``/openapi.json`` and interactive docs at ``/docs``.
+schema is at ``/openapi.json`` and interactive docs at ``/docs``. Ids are the dataset's own
+(``"internal_ids": true`` for cora's; :mod:`cora.serve.schemas`).
 
 Every LLM forward pass goes through one :class:`~cora.serve.batcher.MicroBatcher`, so concurrent
 ``/score`` and ``/recommend`` requests share forward passes. The schema documents every status
-the service answers, and its bounds are the ones enforced (ids, list lengths, ``k``,
-``candidates``: :mod:`cora.serve.schemas`). Client input never causes a 500:
+the service answers, and its bounds are the ones enforced (list lengths, ``k``, ``candidates``:
+:mod:`cora.serve.schemas`). Client input never causes a 500:
 
-* 404 — an id within the schema's range that the dataset does not serve (the message names it);
+* 401 — with an API key set (:mod:`cora.serve.gates`): a request without it or with another one
+  (``/health`` and the API description stay open);
+* 404 — an id the dataset does not know (the message names it);
 * 413 — a request body over the byte limit (``--max-body-bytes``);
-* 422 — malformed JSON, wrong types (ids must be JSON integers), extra fields, ids outside
-  1..n-1 of the run's dataset, more pairs than ``--max-pairs``, ``k`` or ``candidates`` out of
-  range, ``k`` > ``candidates``;
+* 415 — a POST whose Content-Type is not ``application/json``;
+* 422 — malformed JSON, wrong types, extra fields, more pairs than ``--max-pairs``, ``k`` or
+  ``candidates`` out of range (``--max-candidates``), ``k`` > ``candidates``;
 * 501 — ``/recommend`` on a run without a CF model to retrieve with (start with ``--cf``);
-* 503 + ``Retry-After`` — the request queue is full, or the server is shutting down.
+* 503 + ``Retry-After`` — the request queue is full, or the server is shutting down;
+* 504 — the request was not scored within ``--request-timeout`` seconds (it is dropped: it holds
+  the model at most one more forward pass of ``--max-batch`` pairs).
 
 Errors are JSON: ``{"detail": "message"}``, or for 422 the list of what failed validation.
 """
@@ -24,31 +29,41 @@ Errors are JSON: ``{"detail": "message"}``, or for 422 the list of what failed v
 import math
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cora import __version__
 from cora.errors import CoraError
-from cora.serve.batcher import MicroBatcher, QueueFull, ShuttingDown
+from cora.serve.batcher import MicroBatcher, QueueFull, ShuttingDown, TimedOut
 from cora.serve.body_limit import BodyLimit
+from cora.serve.gates import ApiKeyGate, JsonOnly
+from cora.serve.ids import internal_id
 from cora.serve.recommend import Recommender, UnknownIdError, sigmoid
-from cora.serve.schemas import (MAX_BODY_BYTES, MAX_CANDIDATES, MAX_K, MAX_PAIRS, ErrorMessage, Health, Info,
-                                Limits, RecommendedItem, RecommendResponse, ScoredPair, ScoreResponse,
-                                request_models)
+from cora.serve.schemas import (
+    MAX_BODY_BYTES,
+    MAX_CANDIDATES,
+    MAX_K,
+    MAX_PAIRS,
+    REQUEST_TIMEOUT_S,
+    ErrorMessage,
+    Health,
+    Info,
+    Limits,
+    RecommendedItem,
+    RecommendResponse,
+    ScoredPair,
+    ScoreResponse,
+    request_models,
+)
 
-__all__ = ["MAX_BODY_BYTES", "MAX_CANDIDATES", "MAX_K", "MAX_PAIRS", "create_app", "limits_for"]
+__all__ = ["MAX_BODY_BYTES", "MAX_CANDIDATES", "MAX_K", "MAX_PAIRS", "REQUEST_TIMEOUT_S", "create_app"]
 
 RETRY_AFTER_S = 1
-
-
-def limits_for(rec: Recommender, max_pairs: int = MAX_PAIRS, max_body_bytes: int = MAX_BODY_BYTES) -> Limits:
-    """The request limits of a service over ``rec``: ids up to the largest of its dataset."""
-    return Limits(max_user=rec.ds.n_users - 1, max_item=rec.ds.n_items - 1, max_pairs=max_pairs,
-                  max_body_bytes=max_body_bytes)
 
 
 def _finite(value):
@@ -66,19 +81,30 @@ def _finite(value):
 def _errors(limits: Limits, extra: dict[int, str]) -> dict:
     """OpenAPI ``responses`` for the errors every POST endpoint can answer, plus ``extra``."""
     codes = {413: f"Request body over {limits.max_body_bytes:,} bytes",
-             503: "Queue full, or the server is shutting down (see Retry-After)", **extra}
+             415: "Content-Type is not application/json",
+             503: "Queue full, or the server is shutting down (see Retry-After)",
+             504: f"Not scored within {limits.request_timeout_s:g} s (the request is dropped)", **extra}
     return {code: {"model": ErrorMessage, "description": text} for code, text in sorted(codes.items())}
 
 
 def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float = 10.0,
-               queue_size: int = 256, max_pairs: int = MAX_PAIRS, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               queue_size: int = 256, max_pairs: int = MAX_PAIRS, max_body_bytes: int = MAX_BODY_BYTES,
+               max_candidates: int = MAX_CANDIDATES, request_timeout_s: float = REQUEST_TIMEOUT_S,
+               api_key: str | None = None, show_paths: bool = False) -> FastAPI:
     """The service for ``recommender``: forward passes of up to ``max_batch`` pairs, each waiting
     at most ``max_wait_ms`` for company, behind a queue of ``queue_size`` requests; requests of
-    at most ``max_pairs`` pairs and ``max_body_bytes`` bytes."""
+    at most ``max_pairs`` pairs / ``max_candidates`` candidates and ``max_body_bytes`` bytes,
+    answered within ``request_timeout_s`` seconds (else 504). ``api_key``: every request but
+    /health and the API description needs ``Authorization: Bearer <api_key>``. ``show_paths``:
+    /info shows the run's and the backbone's paths (only their names otherwise)."""
     rec = recommender
-    limits = limits_for(rec, max_pairs, max_body_bytes)
-    ScoreRequest, RecommendRequest = request_models(limits)
-    batcher = MicroBatcher(lambda pairs: rec.logits(pairs, batch_size=max_batch), max_batch, max_wait_ms, queue_size)
+    limits = Limits(max_pairs=max_pairs, max_candidates=max_candidates, max_body_bytes=max_body_bytes,
+                    request_timeout_s=request_timeout_s)
+    ids, titles = rec.ids, rec.catalog.titles
+    ScoreRequest, RecommendRequest = request_models(limits, *(ids.of(kind).original(min(known)) for kind, known in
+                                                              (("user", rec.catalog.histories), ("item", titles))))
+    batcher = MicroBatcher(lambda pairs, keep_going: rec.logits(pairs, batch_size=max_batch, keep_going=keep_going),
+                           max_batch, max_wait_ms, queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -89,8 +115,17 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
             await batcher.stop()
 
     app = FastAPI(title="cora", version=__version__, lifespan=lifespan, description=__doc__)
+    # Added last = outermost: the byte cap first, then the key, then the content type, then the app.
+    app.add_middleware(JsonOnly)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGate, key=api_key)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.state.recommender, app.state.batcher, app.state.limits = rec, batcher, limits
+    # The gate enforces the key; this (never failing) dependency only puts the bearer scheme and
+    # the 401 into the OpenAPI schema, so clients and /docs know to send it.
+    guarded = {"dependencies": [Security(HTTPBearer(auto_error=False, description="The service's API key"))]} \
+        if api_key is not None else {}
+    unauthorized = {401: "Missing or wrong API key (Authorization: Bearer <key>)"} if api_key is not None else {}
 
     @app.exception_handler(StarletteHTTPException)
     async def unparsable_body_is_422(request: Request, exc: StarletteHTTPException):
@@ -109,13 +144,28 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
 
     async def logits(pairs: list[tuple[int, int]]):
         try:
-            return await batcher.submit(pairs)
+            return await batcher.submit(pairs, timeout_s=limits.request_timeout_s)
         except QueueFull as e:
             raise HTTPException(503, detail=f"server busy: {e}; retry later",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except ShuttingDown as e:
             raise HTTPException(503, detail=f"{e}; retry on another instance",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except TimedOut as e:
+            raise HTTPException(504, detail=f"{e} (the server's --request-timeout); the request was dropped: "
+                                            "ask for fewer pairs or candidates") from None
+
+    def internal(kind: str, value, given_internal: bool) -> int:
+        """The internal id of a request's id (404 naming it when the dataset does not know it)."""
+        try:
+            found = internal_id(kind, value) if given_internal else ids.of(kind).internal(value)
+            (rec.catalog.check_user if kind == "user" else rec.catalog.check_item)(found)
+        except UnknownIdError as e:
+            raise HTTPException(404, detail=str(e)) from None
+        return found
+
+    def internal_fields(given_internal: bool, **fields) -> dict:
+        return fields if given_internal else {}
 
     @app.get("/health", response_model=Health,
              responses={503: {"model": Health, "description": "Shutting down: send no more requests"}})
@@ -124,38 +174,46 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
                       queue_size=batcher.queue_size)
         return JSONResponse(body.model_dump(), status_code=503) if batcher.closing else body
 
-    @app.get("/info", response_model=Info)
+    @app.get("/info", response_model=Info, **guarded,
+             responses={code: {"model": ErrorMessage, "description": text} for code, text in unauthorized.items()})
     async def info() -> Info:
-        return Info(**rec.info(), max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                    limits=limits, stats=dict(batcher.stats))
+        return Info(**rec.info(paths=show_paths), auth=api_key is not None, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms, queue_size=queue_size, limits=limits, stats=dict(batcher.stats))
 
-    @app.post("/score", response_model=ScoreResponse,
-              responses=_errors(limits, {404: "Unknown user or item id (in range, not in the dataset)"}))
+    @app.post("/score", response_model=ScoreResponse, response_model_exclude_unset=True,
+              responses=_errors(limits, {404: "Unknown user or item id (the message names it)", **unauthorized}),
+              **guarded)
     async def score(req: ScoreRequest) -> ScoreResponse:
-        pairs = [(p.user, p.item) for p in req.pairs]
-        try:
-            rec.check_pairs(pairs)
-        except UnknownIdError as e:
-            raise HTTPException(404, detail=str(e)) from None
+        pairs = [(internal("user", p.user, req.internal_ids), internal("item", p.item, req.internal_ids))
+                 for p in req.pairs]
         values = await logits(pairs)
         probs = sigmoid(values)
-        return ScoreResponse(results=[ScoredPair(user=u, item=i, score=float(s), probability=float(p))
-                                      for (u, i), s, p in zip(pairs, values, probs)])
+        return ScoreResponse(results=[
+            ScoredPair(user=ids.users.original(u), item=ids.items.original(i),
+                       **internal_fields(req.internal_ids, uid=u, iid=i),
+                       title=titles[i], score=float(s), probability=float(p))
+            for (u, i), s, p in zip(pairs, values, probs)])
 
-    @app.post("/recommend", response_model=RecommendResponse,
-              responses=_errors(limits, {404: "Unknown user id (in range, not in the dataset)",
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True,
+              responses=_errors(limits, {404: "Unknown user id (the message names it)",
                                          501: "No CF model to retrieve with (start with --cf), or "
-                                              "one without this user in its table"}))
+                                              "one without this user in its table", **unauthorized}),
+              **guarded)
     async def recommend(req: RecommendRequest) -> RecommendResponse:
+        uid = internal("user", req.user, req.internal_ids)
         try:
             # CF retrieval is one user vector against the item table: cheap enough for the event loop.
-            found, source = rec.retrieve(req.user, req.candidates)
+            found, source = rec.retrieve(uid, req.candidates)
         except UnknownIdError as e:
             raise HTTPException(404, detail=str(e)) from None
         except CoraError as e:
             raise HTTPException(501, detail=str(e)) from None
-        values = await logits([(req.user, iid) for iid, _ in found]) if found else []
-        items = rec.rerank(req.user, found, sigmoid(values), req.k, retrieved_by=source)
-        return RecommendResponse(user=req.user, items=[RecommendedItem(**r.to_dict()) for r in items])
+        values = await logits([(uid, iid) for iid, _ in found]) if found else []
+        items = rec.rerank(uid, found, sigmoid(values), req.k, retrieved_by=source)
+        return RecommendResponse(user=ids.users.original(uid), **internal_fields(req.internal_ids, uid=uid), items=[
+            RecommendedItem(rank=r.rank, item=ids.items.original(r.item), **internal_fields(req.internal_ids, iid=r.item),
+                            title=r.title, probability=r.probability, cf_score=r.cf_score,
+                            train_positives=r.train_positives, retrieved_by=r.retrieved_by)
+            for r in items])
 
     return app

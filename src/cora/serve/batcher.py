@@ -5,7 +5,9 @@ the model per request. Requests (each a list of pairs) wait in a bounded asyncio
 worker task takes the first waiting request, then keeps taking more until it holds ``max_batch``
 pairs or ``max_wait_ms`` have passed, scores them all in one call in a one-thread executor (the
 event loop stays free to accept requests, and the model never runs twice at once), and resolves
-each request's future with its own slice of the scores.
+each request's future with its own slice of the scores. The score function is
+``score_fn(pairs, keep_going)``: it runs its forward passes of ``max_batch`` pairs one by one and
+stops (returns None) when ``keep_going()`` turns False between two of them.
 
 Back-pressure: when ``queue_size`` requests are already waiting, :meth:`MicroBatcher.submit`
 raises :class:`QueueFull` at once (the app answers 503 + Retry-After) instead of letting latency
@@ -13,6 +15,12 @@ grow without bound. A request that would overflow the batch being collected is c
 the next batch (so at most one request waits outside the queue). A request larger than
 ``max_batch`` is scored alone, in forward passes of ``max_batch`` pairs (the score function's
 batch size).
+
+Time limit: :meth:`MicroBatcher.submit` with ``timeout_s`` raises :class:`TimedOut` once that
+many seconds have passed since the request arrived (queue wait included; the app answers 504).
+The request is then dropped: skipped if it is still queued, and if it is being scored,
+``keep_going`` turns False, so it holds the model at most one more forward pass (``max_batch``
+pairs) instead of to its end.
 
 Shutdown is explicit, so no caller is left waiting on a future nobody will resolve:
 :meth:`close` refuses new requests (:class:`ShuttingDown`: the app answers 503);
@@ -25,12 +33,13 @@ executor thread cannot be interrupted; its callers are answered (or rejected by 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
-ScoreFn = Callable[[list[tuple[int, int]]], np.ndarray]
+# (pairs, keep_going) -> scores, or None when keep_going() turned False before the last forward pass
+ScoreFn = Callable[[list[tuple[int, int]], Callable[[], bool]], "np.ndarray | None"]
 
 
 class QueueFull(Exception):
@@ -41,13 +50,17 @@ class ShuttingDown(Exception):
     """The service is stopping: this request will not be scored here (retry on another instance)."""
 
 
+class TimedOut(Exception):
+    """The request was not scored within its time limit; it no longer holds the model."""
+
+
 class MicroBatcher:
     def __init__(self, score_fn: ScoreFn, max_batch: int = 32, max_wait_ms: float = 10.0, queue_size: int = 256):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
         self.score_fn = score_fn
         self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
-        self.stats = {"requests": 0, "pairs": 0, "batches": 0, "rejected": 0}
+        self.stats = {"requests": 0, "pairs": 0, "batches": 0, "rejected": 0, "timed_out": 0}
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -81,7 +94,7 @@ class MicroBatcher:
         try:
             await asyncio.wait_for(self._idle.wait(), max(grace_s, 0.0))
             return 0
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._reject_waiting()
 
     async def stop(self) -> None:
@@ -113,8 +126,9 @@ class MicroBatcher:
         return self.queue.qsize() if self.queue is not None else 0
 
     # ---------------------------------------------------------------- requests
-    async def submit(self, pairs: list[tuple[int, int]]) -> np.ndarray:
-        """Scores of ``pairs`` (in order), once the batch holding them has run."""
+    async def submit(self, pairs: list[tuple[int, int]], timeout_s: float | None = None) -> np.ndarray:
+        """Scores of ``pairs`` (in order), once the batch holding them has run; :class:`TimedOut`
+        after ``timeout_s`` seconds (None: no limit)."""
         if self.closing:
             raise ShuttingDown("the server is shutting down")
         if self.queue is None or self._task is None or self._task.done():
@@ -128,7 +142,14 @@ class MicroBatcher:
         self._pending += 1
         self._idle.clear()
         fut.add_done_callback(self._resolved)
-        return await fut
+        if timeout_s is None:
+            return await fut
+        try:
+            # On timeout wait_for cancels the future: the worker skips it, or stops scoring it.
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            self.stats["timed_out"] += 1
+            raise TimedOut(f"not scored within {timeout_s:g} s") from None
 
     def _resolved(self, _fut) -> None:
         self._pending -= 1
@@ -150,7 +171,7 @@ class MicroBatcher:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             if n + len(item[0]) > self.max_batch:
                 return batch, item
@@ -174,12 +195,22 @@ class MicroBatcher:
                 if not batch:
                     continue
                 pairs = [p for ps, _ in batch for p in ps]
+
+                def keep_going(held=tuple(fut for _, fut in batch)) -> bool:
+                    # Read from the model's thread between forward passes: a done future is a
+                    # caller that has gone (timed out), and _rejecting a server that is stopping.
+                    return not self._rejecting and not all(fut.done() for fut in held)
+
                 try:
-                    scores = await loop.run_in_executor(self._executor, self.score_fn, pairs)
+                    scores = await loop.run_in_executor(self._executor, self.score_fn, pairs, keep_going)
                 except Exception as e:  # fail this batch's requests, keep serving
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(e)
+                    continue
+                if scores is None:  # its callers are gone (timed out) or the server is stopping
+                    for _, fut in batch:
+                        _reject(fut)
                     continue
                 self.stats["batches"] += 1
                 self.stats["requests"] += len(batch)

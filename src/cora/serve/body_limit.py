@@ -10,9 +10,9 @@ service get ``{"detail": ...}`` for every error.)
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cora.serve.gates import send_error
 
 
 class BodyLimit:
@@ -52,12 +52,9 @@ class BodyLimit:
 
     async def _too_large(self, send: Send, declared: int | None) -> None:
         size = f"of {declared:,} bytes " if declared is not None else ""
-        body = json.dumps({"detail": f"request body {size}exceeds the limit of {self.max_bytes:,} bytes"}).encode()
         # The unread rest of the body makes the connection unusable for another request: close it.
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"request body {size}exceeds the limit of {self.max_bytes:,} bytes",
+                         [(b"connection", b"close")])
 
 
 def _content_length(scope: Scope) -> int | None:

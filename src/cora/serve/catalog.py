@@ -22,12 +22,19 @@ from cora.data.store import Dataset
 from cora.errors import CoraError
 
 
-class UnknownIdError(CoraError):
-    """A user or item id the service does not know (the HTTP service answers 404 with the message)."""
+def shown(value) -> str:
+    """An id as a message shows it: numbers bare, text quoted (so ' 7' and '' stay visible)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(str(value))
 
-    def __init__(self, kind: str, id_: int):
-        super().__init__(f"unknown {kind} {id_}: " + ("no interactions in the dataset" if kind == "user"
-                                                      else "not an item of the dataset (no title)"))
+
+class UnknownIdError(CoraError):
+    """A user or item id the service does not know (the HTTP service answers 404 with the message).
+    ``id_``: an internal id, or an original one (:mod:`cora.serve.ids`) with ``why`` saying where it
+    was looked up."""
+
+    def __init__(self, kind: str, id_, why: str | None = None):
+        why = why or ("no interactions in the dataset" if kind == "user" else "not an item of the dataset (no title)")
+        super().__init__(f"unknown {kind} {shown(id_)}: {why}")
         self.kind, self.id = kind, id_
 
 
@@ -47,7 +54,7 @@ class Catalog:
     train_items: frozenset[int]
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> "Catalog":
+    def from_dataset(cls, ds: Dataset) -> Catalog:
         tables = []
         for order, name in enumerate(("train", "valid", "test")):
             df = ds.split(name)

@@ -24,8 +24,9 @@ nothing from that period leaks into the candidates, the prompt or the CF user ve
    a relevant item among the candidates: the ceiling of HR@K for both rankings.
 
 The result goes into RUN/metrics.json under ``ranking-<split>-k<K>-c<N>[-limit<U>]`` and the
-scored candidates into RUN/ranking-<...>.parquet (uid, iid, cf_score, cf_rank, score,
-rerank_rank, relevant).
+scored candidates into RUN/ranking-<...>.parquet (user, item: the dataset's own ids; title,
+cf_score, cf_rank, score, rerank_rank, relevant; cora's uid, iid after user, item with
+``internal_ids``).
 """
 
 from __future__ import annotations
@@ -153,15 +154,26 @@ def rank_users(rec: Recommender, split: str, k: int, candidates: int, limit_user
     return metrics, table
 
 
+def with_original_ids(table: pd.DataFrame, rec: Recommender, internal_ids: bool = False) -> pd.DataFrame:
+    """The scored candidates as written: the dataset's own ids and the title first, cora's
+    uid / iid only with ``internal_ids``."""
+    from cora.serve.pairs import scored_frame
+
+    named = scored_frame(list(zip(table["uid"].tolist(), table["iid"].tolist())), table["score"].to_numpy(),
+                         rec.ids, rec.catalog.titles, internal=internal_ids)
+    front = ["user", "item", *(["uid", "iid"] if internal_ids else []), "title"]
+    return pd.concat([named[front], table.drop(columns=["uid", "iid"])], axis=1)
+
+
 def evaluate_ranking(run: str | Path, split: str = "test", k: int = 10, candidates: int = 100,
                      limit_users: int | None = None, cf: str | Path | None = None, show_progress: bool = True,
-                     backbone=None) -> dict:
+                     backbone=None, internal_ids: bool = False) -> dict:
     """``cora evaluate RUN --ranking``: the protocol above on a run; updates RUN/metrics.json."""
     run = Path(run)
     check_ranking_args(split, k, candidates, limit_users)
     rec = Recommender.from_run(run, cf=cf, backbone=backbone)
     metrics, table = rank_users(rec, split, k, candidates, limit_users, show_progress=show_progress)
     key = ranking_key(split, k, candidates, limit_users)
-    write_parquet(run / f"{key}.parquet", table)
+    write_parquet(run / f"{key}.parquet", with_original_ids(table, rec, internal_ids))
     update_json(run / layout.METRICS, {key: metrics})
     return metrics

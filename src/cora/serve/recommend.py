@@ -7,13 +7,15 @@ those. Any LLM method run works; methods without a CF model (ICL, TALLRec, Promp
 PersonPrompt) can score pairs, and retrieve only with a CF run given as ``cf``.
 
 Scores are the method's Yes logits; a probability is their sigmoid. The user's prompt history is
-their history "now" (see :mod:`cora.serve.catalog`).
+their history "now" (see :mod:`cora.serve.catalog`). Ids here are cora's internal ones; the
+commands and the HTTP service translate the dataset's own ids at their edge (:mod:`cora.serve.ids`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,18 +28,12 @@ from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.methods.base import LLMMethod
 from cora.serve.catalog import Catalog, UnknownIdError
+from cora.serve.ids import DatasetIds, dataset_ids
+from cora.serve.preflight import check_k
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run
 
 __all__ = ["Recommendation", "Recommender", "UnknownIdError", "check_k", "sigmoid"]
-
-
-def check_k(k: int, candidates: int) -> None:
-    """``k`` items out of ``candidates`` retrieved ones: 1 <= k <= candidates."""
-    if k < 1:
-        raise CoraError(f"k must be >= 1, got {k}")
-    if candidates < k:
-        raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
 
 
 def _check_n(n: int) -> None:
@@ -51,26 +47,35 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Recommendation:
+    """One recommended item (internal id). Each retrieval score has its own field: ``cf_score`` (the
+    CF dot product) for a CF-retrieved item, ``train_positives`` (its positive training rows) for
+    one retrieved by popularity (a cold user); the other is None."""
+
     rank: int
     item: int
     title: str
     probability: float
-    cf_score: float  # the retrieval score: the CF dot product, or the item's positive count when
-    retrieved_by: str = "cf"  # ... "popularity" (cold users: see Recommender.retrieve)
+    cf_score: float | None
+    train_positives: int | None = None
+    retrieved_by: str = "cf"  # or "popularity" (cold users: see Recommender.retrieve)
 
     def to_dict(self) -> dict:
         return {"rank": self.rank, "item": self.item, "title": self.title, "probability": self.probability,
-                "cf_score": self.cf_score, "retrieved_by": self.retrieved_by}
+                "cf_score": self.cf_score, "train_positives": self.train_positives,
+                "retrieved_by": self.retrieved_by}
 
 
 class Recommender:
     """A loaded run (method in eval mode), its dataset's catalog and, where there is one, a CF model."""
 
     def __init__(self, method: LLMMethod, cfg: LLMConfig, ds: Dataset, cf_model=None, run: str | Path = "",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, catalog: Catalog | None = None, ids: DatasetIds | None = None):
+        """``catalog`` / ``ids``: built from ``ds`` unless given (by :class:`~cora.serve.preflight.RunData`,
+        which builds them before the model loads to check the ids asked for)."""
         self.method, self.cfg, self.ds, self.run = method, cfg, ds, str(run)
         self.cf = cf_model if cf_model is not None else method.cf
-        self.catalog = Catalog.from_dataset(ds)
+        self.catalog = catalog if catalog is not None else Catalog.from_dataset(ds)
+        self.ids = ids if ids is not None else dataset_ids(ds, self.catalog)
         self.batch_size = batch_size or cfg.eval_batch_size
         self.accelerator = make_accelerator(cfg)  # puts batches on the run's device
         self._item_ids = np.array(sorted(self.catalog.titles), dtype=np.int64)
@@ -79,7 +84,8 @@ class Recommender:
 
     @classmethod
     def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
-                 batch_size: int | None = None) -> "Recommender":
+                 batch_size: int | None = None, catalog: Catalog | None = None,
+                 ids: DatasetIds | None = None) -> Recommender:
         """Load ``run``'s best weights. ``cf``: a CF run for retrieval, needed only when the run's
         method has no CF model of its own (it replaces the run's own CF model otherwise)."""
         method, cfg, ds = load_run(run, backbone)
@@ -87,19 +93,25 @@ class Recommender:
         if cf is not None:
             cf_model, _, cf_ds = load_cf_run(cf)
             check_cf_dataset(cf, cf_ds, ds)
-        return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size)
+        return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids)
 
     # ---------------------------------------------------------------- facts
     @property
     def users(self) -> list[int]:
         return sorted(self.catalog.histories)
 
-    def info(self) -> dict:
-        return {"run": self.run, "backbone": self.cfg.backbone, "method": self.cfg.method,
+    def info(self, paths: bool = False) -> dict:
+        """What is served. Without ``paths`` no filesystem path: the run folder's name, and the
+        backbone's folder name when it is a local folder (a hub name is shown whole)."""
+        run, backbone = self.run, self.cfg.backbone
+        if not paths:
+            run = Path(run).name
+            backbone = Path(backbone).name if Path(backbone).expanduser().exists() else backbone
+        return {"run": run, "backbone": backbone, "method": self.cfg.method,
                 "modules": self.cfg.modules if self.cfg.method == "cora" else None,
                 "dataset": self.ds.name, "domain": self.ds.domain,
                 "n_users": len(self.catalog.histories), "n_items": len(self.catalog.titles),
-                "cf_model": getattr(self.cf, "name", None)}
+                "cf_model": getattr(self.cf, "name", None), "id_maps": self.ids.mapped}
 
     def title(self, iid: int) -> str:
         self.catalog.check_item(iid)
@@ -111,15 +123,29 @@ class Recommender:
 
     # ---------------------------------------------------------------- LLM scores
     def logits(self, pairs: list[tuple[int, int]], batch_size: int | None = None,
-               show_progress: bool = False) -> np.ndarray:
-        """The method's score (Yes logit) of each (user, item) pair, in order."""
+               show_progress: bool = False, keep_going: Callable[[], bool] | None = None) -> np.ndarray | None:
+        """The method's score (Yes logit) of each (user, item) pair, in order. ``keep_going``: asked
+        before each forward pass; once it says False, no more are run and the answer is None (the
+        service drops a request that timed out without finishing it)."""
         pairs = [(int(u), int(i)) for u, i in pairs]
         if not pairs:
             return np.zeros(0, dtype=np.float64)
         df = self.catalog.prompt_rows(pairs)
         encoded = self.method.encode(df, self.ds.domain)
-        return predict(self.method, encoded, batch_size or self.batch_size, self.accelerator,
-                       show_progress=show_progress, description=f"{self.cfg.method} scoring")
+        batch_size = batch_size or self.batch_size
+        if keep_going is None:
+            return predict(self.method, encoded, batch_size, self.accelerator,
+                           show_progress=show_progress, description=f"{self.cfg.method} scoring")
+        # The forward passes predict() would run (rows sorted by prompt length, batch_size at a
+        # time: the same batches, so the same scores), one call each, asking in between.
+        order = np.argsort(encoded.lengths, kind="stable")
+        out = np.empty(len(pairs), dtype=np.float64)
+        for start in range(0, len(order), batch_size):
+            if not keep_going():
+                return None
+            rows = order[start:start + batch_size]
+            out[rows] = predict(self.method, encoded.subset(rows), batch_size, self.accelerator)
+        return out
 
     def score_pairs(self, pairs: list[tuple[int, int]], batch_size: int | None = None,
                     show_progress: bool = False) -> np.ndarray:
@@ -190,15 +216,17 @@ class Recommender:
                k: int, retrieved_by: str = "cf") -> list[Recommendation]:
         """Sort retrieved candidates by LLM probability (ties: retrieval score) and keep the top ``k``."""
         order = sorted(range(len(candidates)), key=lambda j: (-probabilities[j], -candidates[j][1], candidates[j][0]))
+        by_cf = retrieved_by == "cf"
         return [Recommendation(rank=r + 1, item=candidates[j][0], title=self.catalog.titles[candidates[j][0]],
-                               probability=float(probabilities[j]), cf_score=candidates[j][1],
-                               retrieved_by=retrieved_by)
+                               probability=float(probabilities[j]), cf_score=candidates[j][1] if by_cf else None,
+                               train_positives=None if by_cf else int(candidates[j][1]), retrieved_by=retrieved_by)
                 for r, j in enumerate(order[:k])]
 
-    def recommend(self, user: int, k: int = 10, candidates: int = 100) -> list[Recommendation]:
+    def recommend(self, user: int, k: int = 10, candidates: int = 100,
+                  show_progress: bool = False) -> list[Recommendation]:
         """Top ``k`` items for ``user``: CF (popularity for a cold user) retrieves ``candidates``
         unseen items, the LLM reranks them."""
         check_k(k, candidates)
         found, source = self.retrieve(user, candidates)
-        probabilities = self.score_pairs([(user, iid) for iid, _ in found])
+        probabilities = self.score_pairs([(user, iid) for iid, _ in found], show_progress=show_progress)
         return self.rerank(user, found, probabilities, k, retrieved_by=source)

@@ -52,13 +52,37 @@ class GracefulServer(uvicorn.Server):
                 drain.cancel()
 
 
-def check_serve_flags(max_pairs: int, max_body_bytes: int, shutdown_grace: float) -> None:
+def check_serve_flags(max_pairs: int, max_body_bytes: int, shutdown_grace: float, max_candidates: int = 1000,
+                      request_timeout: float = 120.0) -> None:
     """``cora serve``'s limits, checked before the model loads (one line naming the flag)."""
-    for flag, value in (("--max-pairs", max_pairs), ("--max-body-bytes", max_body_bytes)):
+    for flag, value in (("--max-pairs", max_pairs), ("--max-body-bytes", max_body_bytes),
+                        ("--max-candidates", max_candidates)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CoraError(f"{flag} = {value!r}: must be an integer >= 1")
     if not (isinstance(shutdown_grace, (int, float)) and math.isfinite(shutdown_grace) and shutdown_grace >= 0):
         raise CoraError(f"--shutdown-grace = {shutdown_grace!r}: must be a number >= 0 (seconds)")
+    if not (isinstance(request_timeout, (int, float)) and math.isfinite(request_timeout) and request_timeout > 0):
+        raise CoraError(f"--request-timeout = {request_timeout!r}: must be a number > 0 (seconds)")
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning line for a service that anyone on the network may use: listening beyond this
+    machine's loopback interface without an API key. None when there is nothing to warn about."""
+    if api_key is not None or is_loopback(host):
+        return None
+    return (f"serving on {host} without an API key: anyone who can reach the port can use the model "
+            "(set --api-key-file or CORA_API_KEY, or listen on 127.0.0.1 behind a reverse proxy)")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def make_server(app: FastAPI, host: str, port: int, grace_s: float = 10.0, log_level: str = "info") -> GracefulServer:
