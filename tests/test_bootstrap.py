@@ -138,11 +138,15 @@ def test_paired_difference_is_narrower_than_the_rows_intervals_and_signed():
     df = predictions(n=600, n_users=60)
     good, bad = rescored(df, 1, signal=2.0), rescored(df, 2, signal=0.3)
     boot = paired_bootstrap({"good": [good], "bad": [bad]}, "good")
-    v = boot["by_row"]["bad"]["vs_reference"]
-    assert v["delta_auc"] == pytest.approx(boot["by_row"]["bad"]["auc"] - boot["by_row"]["good"]["auc"], abs=2e-6)
+    v = boot["by_row"]["bad"]["vs_reference"]  # reference - row: positive where the reference is ahead
+    assert boot["delta"] == "reference - row"
+    assert v["delta_auc"] == pytest.approx(boot["by_row"]["good"]["auc"] - boot["by_row"]["bad"]["auc"], abs=2e-6)
     lo, hi = v["delta_auc_ci95"]
-    assert lo <= v["delta_auc"] <= hi < 0  # clearly worse: the whole interval below 0
-    assert v["p_delta_le_0"] == 1.0
+    assert 0 < lo <= v["delta_auc"] <= hi  # the reference clearly better: the whole interval above 0
+    assert v["p_delta_le_0"] == 0.0  # the one-sided p-value of "the reference is better": as small as can be
+    # And the other way round: the good row against the bad reference.
+    w = paired_bootstrap({"good": [good], "bad": [bad]}, "bad")["by_row"]["good"]["vs_reference"]
+    assert w["delta_auc"] == -v["delta_auc"] and w["delta_auc_ci95"] == [-hi, -lo] and w["p_delta_le_0"] == 1.0
     # The same resamples for both rows: draws move together, so the difference varies less than either.
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
     assert width(v["delta_uauc_ci95"]) < width(boot["by_row"]["bad"]["uauc_ci95"]) + width(
@@ -164,8 +168,8 @@ def test_seeded_row_is_the_mean_over_seeds_on_every_resample():
     mean = (draws[0] + draws[1]) / 2
     assert row["auc_ci95"] == [round(x, 6) for x in np.percentile(mean, [2.5, 97.5])]
     assert row["per_seed"][0]["auc_ci95"] == [round(x, 6) for x in np.percentile(draws[0], [2.5, 97.5])]
-    assert row["vs_reference"]["delta_auc_ci95"] == [round(x, 6) for x in np.percentile(mean - ref, [2.5, 97.5])]
-    assert row["vs_reference"]["p_delta_le_0"] == pytest.approx(np.mean(mean - ref <= 0))
+    assert row["vs_reference"]["delta_auc_ci95"] == [round(x, 6) for x in np.percentile(ref - mean, [2.5, 97.5])]
+    assert row["vs_reference"]["p_delta_le_0"] == pytest.approx(np.mean(ref - mean <= 0))
 
 
 def test_rows_scored_on_different_test_rows_are_refused_by_name():
@@ -226,8 +230,10 @@ def test_report_from_predictions_files_alone(tmp_path):
     lo, hi = rows[1]["auc_ci95"]
     assert f"| MF | 300 | {rows[1]['auc']:.4f} ± {(hi - lo) / 2:.4f} |" in md
     d = rows[1]["vs_reference"]
-    assert (f"{d['delta_auc']:+.4f} [{d['delta_auc_ci95'][0]:+.4f}, {d['delta_auc_ci95'][1]:+.4f}] "
-            f"p={d['p_delta_le_0']:.3f}") in md
+    assert d["delta_auc"] == pytest.approx(rows[0]["auc"] - rows[1]["auc"], abs=2e-6)  # CoRA-MF - MF
+    p = "p<0.001" if d["p_delta_le_0"] == 0 else f"p={d['p_delta_le_0']:.3f}"
+    assert f"{d['delta_auc']:+.4f} [{d['delta_auc_ci95'][0]:+.4f}, {d['delta_auc_ci95'][1]:+.4f}] {p}" in md
+    assert "| CoRA-MF - row, AUC [95 %], p |" in md
     assert "value ± half-width of the 95 % interval" in md and "| (reference) |" in md
     assert "2 (sd " in md  # the seeded row: seed count and sd over seeds
     # Files given one by one keep their order; --reference picks another row.
@@ -246,7 +252,7 @@ def test_report_cli_on_predictions_prints_intervals_and_refuses_other_rows(tmp_p
     folder = write_rows(tmp_path / "pred", {"A": df, "B": rescored(df, 4)})
     res = run_cli("report", "--predictions", folder, "--out", tmp_path / "r.md", "--plot", "warm_cold")
     assert res.returncode == 0, res.stderr
-    assert "±" in res.stdout and "Δ AUC vs A" in (tmp_path / "r.md").read_text()
+    assert "±" in res.stdout and "| A - row, AUC [95 %], p |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "warm_cold.png").stat().st_size > 1000
     write_rows(folder, {"C": df.iloc[10:]})
     res = run_cli("report", "--predictions", folder)
@@ -276,9 +282,10 @@ def test_verdicts_read_the_interval_of_the_difference():
     assert weak[0].startswith("better (+") and weak[1].startswith("better (+")  # AUC, UAUC
     assert all(c.startswith("n.s. (+0.000 [+0.000, +0.000])") for c in same)  # scored identically
     assert strong[0].startswith("worse (-")
-    d = rows[1]["vs_reference"]  # the cell shows reference - row, the stored difference negated
-    lo, hi = 0.0 - d["delta_auc_ci95"][1], 0.0 - d["delta_auc_ci95"][0]
-    assert f"({0.0 - d['delta_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}])" in weak[0]
+    d = rows[1]["vs_reference"]  # the cell shows reference - row, the stored difference, as the main table
+    lo, hi = d["delta_auc_ci95"]
+    assert f"({d['delta_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}])" in weak[0]
+    assert f"{d['delta_auc']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in markdown_table(rows, "test", meta)
     assert verdict_table(rows, {**meta, "reference": None}) == ""
 
 
@@ -291,8 +298,8 @@ def test_a_contrast_is_the_weighted_sum_of_rows_on_the_same_resamples():
     rows = {"A": [rescored(df, 1, 2.0)], "A id": [rescored(df, 2, 1.0)], "B": [rescored(df, 3, 1.0)],
             "B id": [rescored(df, 4, 0.8)]}
     dd = {"A": 1, "A id": -1, "B": -1, "B id": 1}
-    boot = paired_bootstrap(rows, "B", contrasts={"A - B": {"A": 1, "B": -1}, "dd": dd})
-    c, v = boot["contrasts"]["A - B"], boot["by_row"]["A"]["vs_reference"]
+    boot = paired_bootstrap(rows, "B", contrasts={"B - A": {"B": 1, "A": -1}, "dd": dd})
+    c, v = boot["contrasts"]["B - A"], boot["by_row"]["A"]["vs_reference"]  # reference B - row A
     for k in ("delta_auc", "delta_auc_ci95", "p_delta_le_0", "delta_uauc_ci95", "delta_cold_auc_ci95"):
         assert c[k] == v[k], k
     by = boot["by_row"]
@@ -301,6 +308,73 @@ def test_a_contrast_is_the_weighted_sum_of_rows_on_the_same_resamples():
     lo, hi = boot["contrasts"]["dd"]["delta_auc_ci95"]
     assert lo <= boot["contrasts"]["dd"]["delta_auc"] <= hi
     table = contrast_table({"contrasts": boot["contrasts"]})
-    assert "| dd: A - A id - B + B id |" in table and "| A - B: A - B |" in table
+    assert "| dd: A - A id - B + B id |" in table and "| B - A: B - A |" in table
     with pytest.raises(CoraError, match="contrast row 'C' is not a row"):
         paired_bootstrap(rows, contrasts={"x": {"C": 1}})
+
+
+# ----------------------------------------------------------------------------- reading the reports
+def test_one_sign_in_every_table_and_a_p_value_that_reads_the_usual_way():
+    """The main table's difference, the verdict table and results.json's vs_reference all hold
+    reference - row; p is small where the reference is clearly better and near 1 where it is worse."""
+    from cora.eval.report import add_intervals, interval_note, p_value, verdict_table
+
+    df = predictions(n=2000, n_users=200, signal=0.0)
+    frames = {"CoRA-MF": rescored(df, 1, signal=2.0), "weak": rescored(df, 2, signal=0.2),
+              "strong": rescored(df, 3, signal=6.0)}
+    rows = [{"method": k, "n": len(v), "auc": evaluate_predictions(v)["auc"]} for k, v in frames.items()]
+    meta = add_intervals(rows, [[v] for v in frames.values()], reference="CoRA-MF")
+    assert meta["delta"] == "reference - row"
+    md, verdicts = markdown_table(rows, "test", meta), verdict_table(rows, meta)
+    for r in rows[1:]:
+        d = r["vs_reference"]
+        assert d["delta_auc"] == pytest.approx(rows[0]["auc"] - r["auc"], abs=2e-6)
+        lo, hi = d["delta_auc_ci95"]
+        main_cell = f"| {d['delta_auc']:+.4f} [{lo:+.4f}, {hi:+.4f}] {p_value(d['p_delta_le_0'], 1000)} |"
+        verdict_cell = f"({d['delta_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+        assert main_cell in md and verdict_cell in verdicts, r["method"]
+    weak, strong = rows[1]["vs_reference"], rows[2]["vs_reference"]
+    assert weak["delta_auc"] > 0 and weak["p_delta_le_0"] < 0.025 and "better (+" in verdicts  # CoRA-MF ahead
+    assert strong["delta_auc"] < 0 and strong["p_delta_le_0"] > 0.975 and "worse (-" in verdicts  # the row ahead
+    note = interval_note(meta, seeded=False)
+    assert "CoRA-MF - row: the difference in AUC [95 % interval] and p, the one-sided bootstrap p-value of " \
+           "'CoRA-MF is better than the row' (the share of resamples where CoRA-MF - row <= 0" in note
+    assert "| CoRA-MF - row, AUC [95 %], p |" in md and "Is CoRA-MF better than each row? Cell: verdict " \
+           "(CoRA-MF - row [95 % interval])" in verdicts
+    assert (p_value(0.0, 1000), p_value(0.0, 2000), p_value(0.0034, 1000), p_value(1.0, 1000), p_value(None, 1000)) == (
+        "p<0.001", "p<0.0005", "p=0.003", "p=1.000", "p=-")
+
+
+def test_users_behind_each_metric_and_the_small_sample_warning():
+    from cora.eval.bootstrap import metric_users
+    from cora.eval.report import MIN_USERS, add_intervals, small_sample_warning
+
+    # User 1: warm, both labels; user 2: warm, one label; user 3: cold, both labels; user 4: warm and cold rows.
+    keys = pd.DataFrame({"uid": [1, 1, 2, 3, 3, 4, 4], "label": [1, 0, 1, 1, 0, 1, 0],
+                         "not_cold": [1, 1, 1, 0, 0, 1, 0]})
+    assert metric_users(keys) == {"auc": 4, "uauc": 3, "warm_auc": 3, "warm_uauc": 1, "cold_auc": 2, "cold_uauc": 1}
+    df = predictions(n=300, n_users=25)  # 25 users: under the line for every metric
+    rows = [{"method": "A", "n": len(df)}, {"method": "B", "n": len(df)}]
+    meta = add_intervals(rows, [[df], [rescored(df, 4)]], reference="A")
+    users = meta["metric_users"]
+    assert users["auc"] == df["uid"].nunique() == meta["users"] and MIN_USERS == 30
+    warning = small_sample_warning(meta)
+    assert warning.startswith(f"Warning: fewer than 30 test users behind AUC {users['auc']}, UAUC {users['uauc']}, ")
+    assert f"cold UAUC {users['cold_uauc']}:" in warning and "\n" not in warning
+    assert warning in markdown_table(rows, "test", meta)
+    assert small_sample_warning(meta, minimum=min(users.values())) == ""  # none below the line: no warning
+    big = predictions(n=3000, n_users=300, signal=2.0)
+    rows = [{"method": "A", "n": len(big)}]
+    meta = add_intervals(rows, [[big]])
+    assert min(meta["metric_users"].values()) >= 30 and small_sample_warning(meta) == ""
+    assert "Warning" not in markdown_table(rows, "test", meta)
+
+
+def test_report_cli_warns_on_a_small_sample(tmp_path):
+    df = predictions(n=60, n_users=5)
+    folder = write_rows(tmp_path / "pred", {"A": df, "B": rescored(df, 4)})
+    res = run_cli("report", "--predictions", folder, "--out", tmp_path / "r.md")
+    assert res.returncode == 0, res.stderr
+    line = [x for x in res.stdout.splitlines() if x.startswith("Warning:")]
+    assert len(line) == 1 and "fewer than 30 test users behind AUC 5, UAUC" in line[0], res.stdout
+    assert line[0] in (tmp_path / "r.md").read_text()

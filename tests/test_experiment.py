@@ -67,7 +67,7 @@ def test_experiment_runs_rows_writes_results_and_skips_finished_rows(tmp_path):
     assert cora_row["vs_reference"]["delta_auc_ci95"] == [0.0, 0.0] and cora_row["vs_reference"]["p_delta_le_0"] == 1
     lo, hi = cora_row["auc_ci95"]
     assert f"| CoRA-MF | {cora_row['n']:,} | {cora_row['auc']:.4f} ± {(hi - lo) / 2:.4f} |" in md
-    assert "Δ AUC vs CoRA-MF" in md
+    assert "| CoRA-MF - row, AUC [95 %], p |" in md
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "CoRA-MF-ID-only.parquet", "CoRA-MF.parquet", "ICL.parquet", "MF.parquet"]
     # Second run: nothing retrained.
@@ -106,7 +106,7 @@ def test_seeded_rows_train_per_seed_and_report_mean_sd_and_intervals(tmp_path):
     assert row["auc_ci95"][0] <= row["auc_ci95"][1] and row["seeds"][0]["auc_ci95"] is not None
     assert row["vs_reference"]["row"] == "MF" and row["vs_reference"]["delta_auc_ci95"] is not None
     md = (out / "results.md").read_text()
-    assert "Δ AUC vs MF" in md and f"2 (sd {row['auc_std']:.4f} / {row['uauc_std']:.4f})" in md
+    assert "| MF - row, AUC [95 %], p |" in md and f"2 (sd {row['auc_std']:.4f} / {row['uauc_std']:.4f})" in md
     assert "| CoRA-MF | 4 steps x 2 seeds (1, 2) |" in md
     assert "Is MF better than each row?" in md and "| CoRA-MF | " in md.split("Is MF better")[1]
     curves = md.split("Valid AUC by step")[1]
@@ -407,6 +407,28 @@ def test_plots_hold_the_right_number_of_bars(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_labels_sit_above_the_whiskers_and_a_cut_axis_says_where_it_starts(tmp_path):
+    from cora.eval.plots import error_bars
+
+    rows = [dict(r, warm_auc_ci95=[r["warm_auc"] - 0.1, r["warm_auc"] + 0.05],
+                 cold_auc_ci95=None if r["cold_auc"] is None else [r["cold_auc"] - 0.12, r["cold_auc"] + 0.08])
+            for r in ROWS]
+    fig = warm_cold_plot(rows, tmp_path / "wc.png")
+    ax = fig.axes[0]
+    labels = [(t.get_text(), t.xy) for t in ax.texts]
+    values = [r[m] for m in ("warm_auc", "cold_auc") for r in rows if r[m] is not None]
+    assert sorted(text for text, _ in labels) == sorted(f"{v:.3f}" for v in values)  # one label per bar
+    whisker_tops = sorted(hi for _, hi in error_bars(fig))
+    # Every label is anchored at the top of its bar's whisker (above it, offset upwards), never inside the bar.
+    assert sorted(round(y, 9) for _, (_, y) in labels) == sorted(round(t, 9) for t in whisker_tops)
+    bottom, top = ax.get_ylim()
+    assert bottom == pytest.approx(0.35) and ax.get_ylabel() == "AUC (axis starts at 0.35, not 0)"
+    assert top > max(whisker_tops) + 0.05  # room for the labels above the highest whisker
+    assert "chance (0.5)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    low = [dict(r, warm_auc=0.03, cold_auc=0.02, warm_auc_ci95=None, cold_auc_ci95=None) for r in ROWS]
+    assert warm_cold_plot(low, tmp_path / "low.png").axes[0].get_ylabel() == "AUC"  # from 0: nothing to say
+
+
 def test_report_cli_compares_runs_on_one_split(tmp_path):
     d = tiny_experiment(tmp_path)
     d["rows"] = d["rows"][:2]
@@ -418,10 +440,10 @@ def test_report_cli_compares_runs_on_one_split(tmp_path):
     assert "| MF |" in md and "| ICL (zero-shot) |" in md
     assert (tmp_path / "warm_cold.png").exists()
     # Intervals in the printed table; no CoRA row, so the first row is the reference.
-    assert "±" in res.stdout and "Δ AUC vs MF" in md and "(reference)" in md
+    assert "±" in res.stdout and "| MF - row, AUC [95 %], p |" in md and "(reference)" in md
     res = run_cli("report", *runs, "--split", "test-limit60", "--reference", "ICL (zero-shot)",
                   "--out", tmp_path / "r.md")
-    assert res.returncode == 0 and "Δ AUC vs ICL (zero-shot)" in (tmp_path / "r.md").read_text()
+    assert res.returncode == 0 and "| ICL (zero-shot) - row, AUC [95 %], p |" in (tmp_path / "r.md").read_text()
     # A run scored on other test rows is refused, naming both predictions files.
     import pandas as pd
 

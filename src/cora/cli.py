@@ -17,6 +17,7 @@ from rich.console import Console
 from cora.config import CFConfig, LLMConfig
 from cora.errors import CoraError, one_line
 from cora.options import config_options, spelled_flags
+from cora.progress import make_console, quiet_hf
 from cora.ranges import check_flags, check_options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="CoRA: collaborative LoRA recommenders.")
@@ -29,8 +30,9 @@ data_app.add_typer(download_app, name="download")
 data_app.add_typer(prepare_app, name="prepare")
 app.add_typer(cf_app, name="cf")
 
-console = Console()
-err_console = Console(stderr=True)
+# Not on a terminal (a log, a pipe): wide and unwrapped, not cut at 80 columns (cora.progress).
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _print_meta(meta: dict, out: Path) -> None:
@@ -336,13 +338,15 @@ def report_cmd(
 ) -> None:
     """Print one table comparing runs on the same test rows (AUC, UAUC, warm, cold), each number
     with the 95 % interval of a user-level paired bootstrap (resampled test users, the same
-    resamples for every row) and each row's difference to the reference row [95 % interval] with
-    the share of resamples where it is <= 0. Rows scored on different test rows are refused."""
+    resamples for every row) and the reference minus each row [95 % interval] with its one-sided
+    bootstrap p-value (the share of resamples where that difference is <= 0); a warning line where
+    a metric rests on fewer than 30 test users. Rows scored on different test rows are refused."""
     from rich.measure import Measurement
     from rich.table import Table
 
     from cora.eval.plots import PLOTS
-    from cora.eval.report import build_report, interval_note, markdown_table, table_cells, table_columns, verdict_table
+    from cora.eval.report import (build_report, interval_note, markdown_table, small_sample_warning, table_cells,
+                                  table_columns, verdict_table)
     from cora.io import atomic_path
 
     check_options(bootstrap_seed=bootstrap_seed)
@@ -362,6 +366,8 @@ def report_cmd(
     # Cells like "0.7012 ± 0.0180" are unreadable once wrapped: print the table at its full width.
     full = Measurement.get(console, console.options.update_width(10_000), t).maximum
     Console(width=max(console.width, full)).print(t)
+    if warning := small_sample_warning(meta):
+        console.print(warning, style="yellow", highlight=False, soft_wrap=True)
     if out:
         with atomic_path(out) as tmp:
             verdicts = verdict_table(rows, meta)
@@ -437,7 +443,7 @@ def recommend_cmd(
     data = RunData.open(run)
     uid = data.user(user, internal=internal_ids)  # an unknown id fails here, before the (slow) model loads
     rec = data.recommender(cf=cf)
-    items = rec.recommend(uid, k=k, candidates=candidates)
+    items = rec.recommend(uid, k=k, candidates=candidates, show_progress=True)  # a bar on stderr while it scores
     original = rec.ids.users.original(uid)
     if as_json:
         print(json.dumps(_recommendation_json(rec, uid, items, internal_ids), indent=2))
@@ -564,10 +570,20 @@ def _print_metrics(metrics: dict, title: str) -> None:
     console.print(t)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cora import DISTRIBUTION, __version__
+
+        print(f"cora {__version__} ({DISTRIBUTION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", envvar="CORA_DEBUG",
                                help="Show the full traceback of an unexpected error (or set CORA_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the installed version and exit."),
 ) -> None:
     global _debug
     _debug = debug
@@ -605,6 +621,7 @@ def _one_line(text: object) -> str:
 
 
 def main() -> None:
+    quiet_hf()  # one progress style, rich's: no tqdm bars from transformers / huggingface_hub
     try:
         app(standalone_mode=False)
     except CoraError as e:

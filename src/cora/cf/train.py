@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cora import layout
 from cora.cf.data import batches, table_tensors
@@ -33,6 +32,7 @@ from cora.eval.metrics import auc, evaluate_predictions
 from cora.io import (atomic_dir, atomic_path, check_tensors, is_no_space, kill_point, no_space_error, read_json,
                      read_safetensors, read_yaml_mapping, remove_partial, removed_on_failure, update_json,
                      write_json, write_parquet)
+from cora.progress import progress_bar
 from cora.safe_state import has_state, read_state, save_tensor_file, write_state
 
 
@@ -86,6 +86,13 @@ def _check_same_settings(cfg: CFConfig, out: Path) -> None:
         saved = CFConfig.load(out / layout.CONFIG)
         raise CoraError(f"{out}: the run there used other settings for {', '.join(diff)} "
                         f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)}); use another --out or the same settings")
+
+
+def epoch_bound(cfg: CFConfig, best: dict, done: int) -> int:
+    """The epoch count the run ends at unless valid AUC improves again: ``patience`` epochs after
+    the best one (or after the start), never beyond ``epochs``. The bar's total: "48/1000" read as
+    a long way to go where early stopping ends the run at 53."""
+    return max(done, min(cfg.epochs, best["epoch"] + 1 + cfg.patience if best["epoch"] >= 0 else cfg.patience))
 
 
 def train_cf(cfg: CFConfig, out: str | Path, resume: bool = True, show_progress: bool = True) -> dict:
@@ -152,9 +159,10 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
     last_epoch = cfg.epochs if bad < cfg.patience else start_epoch
     epochs_run = start_epoch
     n_batches = math.ceil(len(train_t["uid"]) / cfg.batch_size)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), disable=not show_progress, transient=False) as progress:
-        task = progress.add_task(f"{cfg.model}", total=cfg.epochs, completed=start_epoch, info="")
+    with progress_bar(show_progress, remaining=False) as progress:
+        task = progress.add_task(f"{cfg.model}", total=epoch_bound(cfg, best, start_epoch), completed=start_epoch,
+                                 info=f"stops after epoch {epoch_bound(cfg, best, start_epoch)} unless valid AUC "
+                                      f"improves (patience {cfg.patience})")
         for epoch in range(start_epoch, last_epoch):
             model.train()
             total = 0.0
@@ -185,8 +193,9 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
                 raise
             epochs_run = epoch + 1
             _save_state(ckpt, model, opt, epoch, best, bad, gen, time.time() - t0, os.fstat(log.fileno()).st_size)
-            progress.update(task, completed=epoch + 1,
-                            info=f"loss {total / n_batches:.4f}  valid AUC {valid_auc or float('nan'):.4f}  best {best['auc']:.4f}@{best['epoch']}")
+            progress.update(task, completed=epoch + 1, total=epoch_bound(cfg, best, epoch + 1),
+                            info=f"loss {total / n_batches:.4f}  valid AUC {valid_auc or float('nan'):.4f}  best "
+                                 f"{best['auc']:.4f}@{best['epoch']}  no gain {bad}/{cfg.patience}")
             if bad >= cfg.patience:
                 break
     log.close()

@@ -21,10 +21,20 @@ than what the two rows' intervals suggest: both rows see the same lucky or unluc
 needs every row scored on identical test rows; :func:`align` refuses anything else.
 
 **Intervals** are percentile intervals (2.5th and 97.5th percentile over the resamples).
-``p_delta_le_0`` is the share of resamples where the difference (row - reference) is <= 0: a
-one-sided bootstrap p-value for "the row is better than the reference". A resample where a
-metric is undefined (e.g. no positive among the drawn users' cold rows) is left out of that
-metric's interval.
+
+**One sign: reference - row.** Every difference to the reference (``vs_reference``) is the
+reference's metric minus the row's, the question every report asks ("is the reference better
+than this row?"): positive where the reference is ahead. ``p_delta_le_0`` is the share of
+resamples where that difference is <= 0: the one-sided bootstrap p-value of "the reference is
+better than the row", read the usual way (small: the reference is better; near 1: the row is).
+A contrast (a weighted sum of rows) keeps the sign its weights give, and its ``p_delta_le_0`` is
+the one-sided p-value of "the contrast is > 0". A resample where a metric is undefined (e.g. no
+positive among the drawn users' cold rows) is left out of that metric's interval and p-value.
+
+**Users behind each metric** (``metric_users``): how many test users a metric rests on (users
+with rows in its subset; for a UAUC, users with both labels there). A percentile interval over
+few users covers less than its 95 % (``scripts/bootstrap_coverage.py``): reports warn below
+:data:`cora.eval.report.MIN_USERS`.
 
 **Seeds.** A row trained with several seeds has one predictions frame per seed (each seed's own
 scores; scores are never averaged across seeds). Its headline is the mean over seeds of each
@@ -218,6 +228,18 @@ def metric_draws(keys: pd.DataFrame, scores: np.ndarray, counts: np.ndarray) -> 
     return out
 
 
+def metric_users(keys: pd.DataFrame) -> dict[str, int]:
+    """How many test users each metric of :data:`METRICS` rests on: users with rows in its subset
+    (all, warm, cold) for an AUC, users with both labels there for a UAUC (the others are
+    skipped, :func:`cora.eval.metrics.uauc`)."""
+    warm = keys["not_cold"].to_numpy() == 1
+    out = {}
+    for prefix, mask in (("", np.ones(len(keys), bool)), ("warm_", warm), ("cold_", ~warm)):
+        labels = keys.loc[mask, "label"].groupby(keys.loc[mask, "uid"]).nunique()
+        out[f"{prefix}auc"], out[f"{prefix}uauc"] = len(labels), int((labels == 2).sum())
+    return out
+
+
 # ----------------------------------------------------------------------------- summaries
 def _r(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
@@ -247,12 +269,14 @@ def paired_bootstrap(preds: Mapping[str, Sequence[pd.DataFrame]], reference: str
     ``sources`` optionally names each frame (a file path) for error messages. Returns::
 
         {"resamples": B, "seed": S, "users": U, "rows": N, "reference": name | None,
+         "delta": "reference - row", "metric_users": {"auc": U, "uauc": ..., "cold_uauc": ...},
          "by_row": {name: {"auc": point, "auc_ci95": [lo, hi], ... for METRICS,
                            "per_seed": [{"auc": ..., "auc_ci95": [...], ...}, ...],
                            "vs_reference": {"row": ref, "delta_auc": d, "delta_auc_ci95": [lo, hi],
                                             "p_delta_le_0": p, ... uauc / warm / cold ...} | None}}}
 
-    Points are the metrics on the full sample (mean over seeds for a seeded row).
+    Points are the metrics on the full sample (mean over seeds for a seeded row); every
+    ``delta_<metric>`` of ``vs_reference`` is the reference minus the row.
 
     ``contrasts`` (name -> {row: weight}) adds ``"contrasts": {name: {"weights": ...,
     "delta_auc": d, "delta_auc_ci95": [lo, hi], "p_delta_le_0": p, ... every metric}}``: the
@@ -279,7 +303,8 @@ def paired_bootstrap(preds: Mapping[str, Sequence[pd.DataFrame]], reference: str
         by_row[name]["vs_reference"] = None if reference is None else _versus(
             reference, draws[name], draws[reference], points[name], points[reference])
     out = {"resamples": n_resamples, "seed": seed, "users": int(n_users), "rows": len(keys),
-           "reference": reference, "by_row": by_row}
+           "reference": reference, "delta": "reference - row", "metric_users": metric_users(keys),
+           "by_row": by_row}
     if contrasts:
         out["contrasts"] = {name: _contrast(weights, draws, points) for name, weights in contrasts.items()}
     return out
@@ -307,10 +332,11 @@ def _summary(point: dict, draws: dict) -> dict:
 
 
 def _versus(reference: str, draws: dict, ref_draws: dict, point: dict, ref_point: dict) -> dict:
+    """The reference minus this row, for every metric (module docstring: one sign)."""
     out: dict = {"row": reference}
     for m in METRICS:
-        diff = draws[m] - ref_draws[m]
-        out[f"delta_{m}"] = _r(point[m] - ref_point[m])
+        diff = ref_draws[m] - draws[m]
+        out[f"delta_{m}"] = _r(ref_point[m] - point[m])
         out[f"delta_{m}_ci95"] = interval(diff)
         # p_delta_le_0 (AUC) is the headline one; the others carry their metric in the name.
         out["p_delta_le_0" if m == "auc" else f"p_delta_{m}_le_0"] = _share_le_0(diff)

@@ -42,25 +42,38 @@ def _yerr(values: list[float | None], intervals: list[list[float] | None] | None
 
 
 def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]],
-                  intervals: dict[str, list[list[float] | None]] | None = None) -> None:
+                  intervals: dict[str, list[list[float] | None]] | None = None, ylabel: str = "AUC") -> None:
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     intervals = intervals or {}
     whiskers = False
+    tops = []  # (x, top of the bar or of its whisker, value) of every drawn bar
     for k, (name, values) in enumerate(series.items()):
         heights = [np.nan if v is None else v for v in values]
         yerr = _yerr(values, intervals.get(name))
         whiskers |= yerr is not None
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=yerr,
-                      capsize=3 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
-        # Centred (clear of the whiskers) and upright (a narrow bar is narrower than "0.752").
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center", color="white", rotation=90)
+        xs = x + (k - (len(series) - 1) / 2) * width
+        ax.bar(xs, heights, width, label=name, yerr=yerr, capsize=3 if yerr is not None else 0,
+               error_kw={"elinewidth": 0.8})
+        for j, v in enumerate(values):
+            if v is not None:
+                tops.append((xs[j], v + (yerr[1, j] if yerr is not None else 0.0), v))
+    # Each value above its bar's whisker: inside the bar a whisker crosses the label of a short bar.
+    for xj, top, v in tops:
+        ax.annotate(f"{v:.3f}", (xj, top), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    rotation=90, fontsize=7)
     ax.set_xticks(x, groups, rotation=30, ha="right")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance (0.5)")
     finite = [v for vs in series.values() for v in vs if v is not None]
     finite += [b for cis in intervals.values() for ci in cis if ci for b in ci if b is not None]
+    bottom = 0.0
     if finite:
-        ax.set_ylim(min(0.45, min(finite) - 0.02), max(finite) + 0.04)
+        # Zoomed to the values, the axis starts at a round number below them, and says so: bars cut
+        # at 0.35 look several times as different as they are.
+        bottom = max(0.0, np.floor((min(0.45, min(finite) - 0.02)) * 20) / 20)
+        high = max(finite)
+        ax.set_ylim(bottom, high + 0.22 * (high - bottom) + 0.01)  # room for the labels above the whiskers
+    ax.set_ylabel(ylabel if bottom == 0 else f"{ylabel} (axis starts at {bottom:.2f}, not 0)")
     # Outside the axes: with many groups a legend inside lands on a bar (or its whisker).
     ax.legend(fontsize=8, title="whiskers: 95 % user bootstrap" if whiskers else None, title_fontsize=7,
               loc="upper left", bbox_to_anchor=(1.005, 1), borderaxespad=0)
@@ -76,7 +89,6 @@ def warm_cold_plot(rows: list[dict], path: str | Path, title: str = "Warm vs col
     _grouped_bars(ax, [r["method"] for r in rows],
                   {"warm AUC": [r["warm_auc"] for r in rows], "cold AUC": [r["cold_auc"] for r in rows]},
                   {"warm AUC": _ci(rows, "warm_auc"), "cold AUC": _ci(rows, "cold_auc")})
-    ax.set_ylabel("AUC")
     ax.set_title(title)
     _save(fig, path)
     return fig
@@ -89,8 +101,8 @@ def fig5_plot(rows: list[dict], path: str | Path, title: str = "Warm and cold pe
     for ax, metric in zip(axes, ("auc", "uauc")):
         _grouped_bars(ax, ["warm", "cold"], {r["method"]: [r.get(f"warm_{metric}"), r.get(f"cold_{metric}")]
                                              for r in rows},
-                      {r["method"]: [r.get(f"warm_{metric}_ci95"), r.get(f"cold_{metric}_ci95")] for r in rows})
-        ax.set_ylabel(metric.upper())
+                      {r["method"]: [r.get(f"warm_{metric}_ci95"), r.get(f"cold_{metric}_ci95")] for r in rows},
+                      ylabel=metric.upper())
         ax.tick_params(axis="x", rotation=0)
         if ax is axes[0]:
             ax.get_legend().remove()  # one legend, beside the right panel
@@ -108,7 +120,6 @@ def text_vs_id_plot(rows: list[dict], path: str | Path, title: str = "Text vs ID
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
     _grouped_bars(ax, labels, {"with item text": pick(False, "auc"), "ID-only": pick(True, "auc")},
                   {"with item text": pick(False, "auc_ci95"), "ID-only": pick(True, "auc_ci95")})
-    ax.set_ylabel("AUC")
     ax.set_title(title)
     _save(fig, path)
     return fig
@@ -119,7 +130,7 @@ def modules_plot(rows: list[dict], path: str | Path, title: str = "Adapted modul
     names = [str(r.get("modules", r["method"])) for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
     _grouped_bars(ax, names, {"AUC": [r["auc"] for r in rows], "UAUC": [r["uauc"] for r in rows]},
-                  {"AUC": _ci(rows, "auc"), "UAUC": _ci(rows, "uauc")})
+                  {"AUC": _ci(rows, "auc"), "UAUC": _ci(rows, "uauc")}, ylabel="AUC / UAUC")
     ax.set_title(title)
     _save(fig, path)
     return fig

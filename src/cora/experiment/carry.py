@@ -18,8 +18,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from cora import layout
 from cora.config import PLACEMENT_FIELDS, CFConfig
 from cora.errors import CoraError
@@ -27,12 +25,13 @@ from cora.eval.bootstrap import read_predictions
 from cora.eval.metrics import evaluate_predictions
 from cora.eval.report import ATTRS
 from cora.io import atomic_dir, read_json
+from cora.progress import make_console
 
 if TYPE_CHECKING:
     from cora.experiment.plan import Training
     from cora.experiment.spec import Experiment
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def committed_results(exp: Experiment, folder: Path | None = None) -> tuple[dict, dict]:
@@ -87,6 +86,9 @@ def carried_run(exp: Experiment, t: Training, committed: dict, files: dict) -> d
     elif t.run.exists() or key not in committed:
         return None
     entry = dict(committed[key])
+    # A file written by an older version may hold the difference to its reference: the report
+    # computes that afresh (and with today's sign, reference - row), so the carried entry does not.
+    entry.pop("vs_reference", None)
     now = t.config.to_dict()
     if "settings" not in entry:
         console.print(f"[yellow]{where}: '{key}' has no recorded settings: not carried (run it)")

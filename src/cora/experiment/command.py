@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from cora.errors import CoraError
 from cora.experiment.execute import ensure_data, run_experiment
 from cora.experiment.parallel import run_parallel, run_task
 from cora.experiment.results import write_results
 from cora.experiment.spec import Experiment
 from cora.experiment.status import experiment_status, status_table
+from cora.progress import make_console
 
-console = Console()  # what the command prints (its progress goes to stderr)
+console = make_console()  # what the command prints (its progress goes to stderr)
 
 
 def run_command(config: Path, *, only: list[str] | None = None, report_only: bool = False, device: str | None = None,

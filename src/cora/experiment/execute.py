@@ -9,20 +9,19 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from cora import layout
 from cora.errors import CoraError
 from cora.experiment.carry import (carried_run, committed_predictions, committed_results, copy_files, keep_cf,
                                    restore_cf)
 from cora.experiment.results import write_results
 from cora.io import read_json
+from cora.progress import make_console
 
 if TYPE_CHECKING:
     from cora.experiment.plan import Training
     from cora.experiment.spec import Experiment
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def ensure_data(exp: Experiment) -> None:

@@ -22,14 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
 from cora.errors import CoraError
 from cora.experiment.carry import committed_predictions, committed_results
 from cora.experiment.execute import run_cf, run_training
 from cora.experiment.plan import Training
+from cora.progress import make_console
 
-console = Console()
+console = make_console()
 
 
 @dataclass

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cora import layout
 from cora.config import LLMConfig
@@ -27,6 +26,7 @@ from cora.errors import CoraError
 from cora.eval.metrics import auc, uauc
 from cora.io import is_no_space, kill_point, no_space_error, read_json, write_json
 from cora.methods.base import EncodedSplit, LLMMethod
+from cora.progress import ValidationClock, progress_bar, scoring_bar
 from cora.train.checkpoint import (LoopState, drop_checkpoint, has_checkpoint, load_loop, prepare_resume, save_loop,
                                    save_tensors)
 from cora.train.sampling import EpochBatches
@@ -72,14 +72,13 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
     mine = order[rank::world]
     scores: dict[int, float] = {}
     device = accelerator.device if accelerator else torch.device("cpu")
-    with _progress(show_progress) as progress:
-        task = progress.add_task(description, total=len(mine), info="")
+    with scoring_bar(description, len(mine), show_progress) as advance:
         for start in range(0, len(mine), batch_size):
             rows = mine[start:start + batch_size].tolist()
             batch = {k: v.to(device) for k, v in method.collate(split, rows).items()}
             logits = method(batch).float().cpu().tolist()
             scores.update(zip(rows, logits))
-            progress.advance(task, len(rows))
+            advance(len(rows))
             kill_point("predict-batch")  # the kill -9 tests' mid-validation moment (cora.io.kill_point)
     if world > 1:
         from accelerate.utils import gather_object
@@ -92,9 +91,8 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
     return np.array([scores[i] for i in range(n)], dtype=np.float64)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled, transient=False)
+def _progress(enabled: bool):
+    return progress_bar(enabled)  # cora.progress: the one bar style
 
 
 def _optimizer(method: LLMMethod, cfg: LLMConfig) -> torch.optim.Optimizer:
@@ -160,6 +158,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     # The step of the checkpoint on disk (None: none yet), for the message of a run stopped by
     # non-finite steps.
     last_saved: dict = {"step": None}
+    clock = ValidationClock(len(valid), show_progress)  # the time of each validation, said before it
     if acc.is_main_process:
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
@@ -168,7 +167,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         unwrapped.load_trainable_state_dict(trainable)
         last_saved["step"] = st.step
     elif cfg.calibrate_logit:
-        calibrate_offset(unwrapped, train, cfg, acc)
+        with clock.calibrating(min(64, len(train))):  # its rows/s estimates the first validation's time
+            calibrate_offset(unwrapped, train, cfg, acc)
     valid_labels, valid_users = valid.label.numpy(), valid.uid.numpy()
     log_path = out / layout.LOG
     if acc.is_main_process and log_path.exists() and log_path.stat().st_size > st.log_bytes:
@@ -243,7 +243,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 progress.update(task, completed=st.step,
                                 info=bar_info(np.mean(st.running[-20:]) if st.running else math.nan, rate))
                 if st.step % cfg.eval_every == 0 or st.step == cfg.max_steps:
-                    scores = predict(unwrapped, valid, cfg.eval_batch_size, acc)
+                    with clock.validation(st.step):
+                        scores = predict(unwrapped, valid, cfg.eval_batch_size, acc,
+                                         show_progress=show_progress and acc.is_main_process, description="validation")
                     score = selection_score(valid_labels, valid_users, scores, cfg.selection_metric)
                     improved = score > st.best["score"]
                     if improved:

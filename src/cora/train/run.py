@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from rich.console import Console
 
 from cora import layout
 from cora.cf.train import check_cf_dataset, load_cf_run
@@ -26,6 +25,7 @@ from cora.io import read_json, read_yaml_mapping, removed_on_failure, update_jso
 from cora.llm.backbone import load_backbone
 from cora.methods import method_class
 from cora.methods.base import LLMMethod
+from cora.progress import phase, quiet_hf, say
 from cora.train.checkpoint import load_tensors, save_tensors
 from cora.train.loop import fit, hardware, make_accelerator, predict
 from cora.data.sampling import sample_rows, sample_users, split_key
@@ -44,7 +44,10 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
     # Process-wide in torch; set from the run's config so that a run says which precision it had.
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
-    backbone = backbone or load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
+    if backbone is None:
+        quiet_hf()  # transformers' own loading bar beside rich's: one style only
+        phase(f"loading the backbone {cfg.backbone} ({cfg.dtype}, {cfg.device})")
+        backbone = load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
     # New parts (generator, B, MLPs, the CF model) are built on the CPU: join the backbone's device.
@@ -117,6 +120,7 @@ def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool
     if stages:
         return _fit_stages(method, train_df, valid_df, ds.domain, cfg, out, resume, show_progress, stage_from,
                            keep_checkpoint=keep_checkpoint)
+    phase(f"tokenising {len(train_df):,} training and {len(valid_df):,} validation prompts")
     train, valid = method.encode(train_df, ds.domain), method.encode(valid_df, ds.domain)
     return fit(method, train, valid, cfg.for_stage(method.stages()[0]), out, resume=resume, show_progress=show_progress,
                keep_checkpoint=keep_checkpoint)
@@ -137,10 +141,11 @@ def _fit_stages(method: LLMMethod, train_df: pd.DataFrame, valid_df: pd.DataFram
         method.begin_stage(name)
         if name in stage_from:
             summaries[name] = reuse_stage(method, cfg, Path(stage_from[name]), sub)
-            if show_progress and PartialState().is_main_process:  # a log should say why a stage took no time
-                Console(stderr=True).print(f"stage {k} ({name}): taken from {stage_from[name]}, not trained again")
+            if show_progress:  # a log should say why a stage took no time
+                say(f"stage {k} ({name}): taken from {stage_from[name]}, not trained again")
             continue
         # Encoded per stage: a stage may have its own prompt.
+        phase(f"stage {k} ({name}): tokenising {len(train_df):,} training and {len(valid_df):,} validation prompts")
         train, valid = method.encode(train_df, domain), method.encode(valid_df, domain)
         summaries[name] = fit(method, train, valid, cfg.for_stage(name), sub, resume=resume,
                               show_progress=show_progress, keep_checkpoint=keep_checkpoint)
@@ -239,6 +244,7 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
         raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
     method, cfg, ds = load_run(run, backbone)
     df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
+    phase(f"tokenising {len(df):,} {split} prompts")
     encoded = method.encode(df, ds.domain)
     t0 = time.time()
     acc = make_accelerator(cfg)  # under `accelerate launch`: each process scores a shard
