@@ -1,4 +1,4 @@
-"""Backbone loading: sources, caching, error paths, answer tokens, freezing, left padding."""
+"""Backbone loading: sources, caching, error paths, answer tokens, freezing, right padding."""
 
 from __future__ import annotations
 
@@ -239,19 +239,18 @@ def test_pad_token_falls_back_to_eos():
     tok = make_tokenizer()
     tok.pad_token = None
     back = make_backbone(tiny_backbone().model, tok, "no-pad")
-    assert back.tokenizer.pad_token == "</s>" and back.tokenizer.padding_side == "left"
+    assert back.tokenizer.pad_token == "</s>" and back.tokenizer.padding_side == "right"
 
 
-def test_left_padding_keeps_last_position_logits():
+def test_right_padding_keeps_each_rows_last_token_logits():
     back = tiny_backbone()
     short, long = "Answer with Yes or No", PROMPT
     enc = back.tokenizer([short, long], return_tensors="pt", padding=True, add_special_tokens=False)
-    assert enc["attention_mask"][0, 0] == 0 and enc["attention_mask"][0, -1] == 1  # pads on the left
-    assert enc["input_ids"][0, 0] == back.tokenizer.pad_token_id
-    # With position ids counted from the first real token, padding does not change the score.
-    position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    assert enc["attention_mask"][0, 0] == 1 and enc["attention_mask"][0, -1] == 0  # pads on the right
+    assert enc["input_ids"][0, -1] == back.tokenizer.pad_token_id
+    last = int(enc["attention_mask"][0].sum()) - 1
     with torch.no_grad():
-        padded = back.model(**enc, position_ids=position_ids).logits[0, -1]
+        padded = back.model(**enc).logits[0, last]
     alone = _last_logits(back.model, back.tokenizer, [short])[0]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4)
 

@@ -1,5 +1,5 @@
 """CoLLM and BinLLM on tiny random models: trainable sets per stage, frozen tensors, CoLLM's slot
-embeddings under left padding, BinLLM's code round trip, and the two-stage run."""
+embeddings under right padding, BinLLM's code round trip, and the two-stage run."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_cli
+from llm_fixtures import tiny_cf_run, tiny_config
 
 from cora.data.prompts import COLLM_TEMPLATE, build_prompt
 from cora.errors import CoraError
 from cora.llm.slots import tokenize_with_slots
+from cora.llm.tokenize import slot_positions
 from cora.methods.binllm import bits_to_text, cf_embeddings, fit_binariser, text_to_bits
 from cora.methods.slots import SLOT_MARKER
 from cora.train.run import build_method, evaluate_run, load_run, train_run
-
-from llm_fixtures import tiny_cf_run, tiny_config
-from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_collm_slots_hold_the_mapped_cf_embeddings(root):
     with torch.no_grad():
         embeds = method.embed_with_slots(batch)
         plain = method.llm.get_input_embeddings()(batch["input_ids"])
-        pos = batch["slot_offsets"] + batch["input_ids"].shape[1]
+        pos = slot_positions(batch["slot_offsets"], batch["attention_mask"])
         user = method.mapping(method.cf.user_embedding(batch).float())
         item = method.mapping(method.cf.item_embedding(batch["iid"]).float())
     for r in range(len(df)):
@@ -135,11 +135,10 @@ def test_collm_slots_hold_the_mapped_cf_embeddings(root):
                             user_slot=SLOT_MARKER, item_slot=SLOT_MARKER)
         head, middle, tail = (method.tokenizer(t.strip(), add_special_tokens=False)["input_ids"]
                               for t in text.split(SLOT_MARKER))
-        ids = batch["input_ids"][r].tolist()
-        start = int((batch["attention_mask"][r] == 0).sum())
-        assert ids[start] == method.bos_token_id
-        assert ids[start + 1:u] == head and ids[u + 1:i] == middle and ids[i + 1:] == tail
-    # A row scored alone equals the same row inside a left-padded batch.
+        ids = batch["input_ids"][r][batch["attention_mask"][r].bool()].tolist()  # right padding: BOS first
+        assert ids[0] == method.bos_token_id
+        assert ids[1:u] == head and ids[u + 1:i] == middle and ids[i + 1:] == tail
+    # A row scored alone equals the same row inside a right-padded batch.
     with torch.no_grad():
         together = method(batch)
         for r in range(len(df)):

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from llm_fixtures import first_batch as _batch
+from llm_fixtures import tiny_config
 from safetensors.torch import load_file
+from tiny_models import tiny_backbone
 
 import cora.train.run as run_module
 from cora.errors import CoraError
 from cora.llm.backbone import load_backbone
+from cora.llm.tokenize import slot_positions
 from cora.train.loop import predict
 from cora.train.run import build_method, load_run, train_run
-
-from llm_fixtures import first_batch as _batch, tiny_config
-from tiny_models import tiny_backbone
 
 METHODS = ("prompt4nr", "tallrec", "personprompt")
 
@@ -143,8 +144,9 @@ def test_personprompt_tokens_sit_at_the_id_slots(root):
         embeds = method.embed_with_slots(batch)
         plain = method.llm.get_input_embeddings()(batch["input_ids"])
     width = batch["input_ids"].shape[1]
+    positions = slot_positions(batch["slot_offsets"], batch["attention_mask"])
     for j in range(len(embeds)):
-        user_pos, item_pos = (batch["slot_offsets"][j] + width).tolist()
+        user_pos, item_pos = positions[j].tolist()
         ids = batch["input_ids"][j]
         assert ids[user_pos - 1] == feature and ids[user_pos + 1] == period  # "... the feature <UserID>."
         assert ids[item_pos - 4:item_pos].tolist() == words  # '... titled "Title" with the feature <TargetItemID>?'
@@ -174,12 +176,12 @@ def test_prompt4nr_soft_tokens_follow_each_rows_bos(root):
     icl, _ = build_method(tiny_config(root, method="icl"))
     plain = _batch(icl, ds, n=8)
     for j in range(len(embeds)):
-        start = int((batch["attention_mask"][j] == 0).sum())  # this row's BOS
-        assert batch["input_ids"][j, start] == method.bos_token_id
-        assert torch.equal(embeds[j, start + 1:start + 4], method.soft_prompt.detach())
+        real = batch["input_ids"][j][batch["attention_mask"][j].bool()]  # right padding: BOS first
+        assert real[0] == method.bos_token_id
+        assert torch.equal(embeds[j, 1:4], method.soft_prompt.detach())
         # after the soft prompt comes exactly the plain prompt every method shares
         text = plain["input_ids"][j][plain["attention_mask"][j].bool()][1:]
-        assert torch.equal(batch["input_ids"][j, start + 4:], text)
+        assert torch.equal(real[4:], text)
     _alone_vs_batched(method, batch)
 
 

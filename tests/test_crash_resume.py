@@ -33,7 +33,7 @@ from cora.train.checkpoint import load_checkpoint
 from llm_fixtures import tiny_config, tiny_dataset
 
 # Figures that measure the machine (wall clock, throughput, memory), not the training.
-TIMING = {"time_s", "time", "samples_per_s", "wall_time_s", "peak_rss_mb", "elapsed_s", "log_bytes"}
+TIMING = {"time_s", "time", "samples_per_s", "wall_time_s", "peak_rss_mb", "elapsed_s", "log_bytes", "memory"}
 
 
 @pytest.fixture(scope="module")

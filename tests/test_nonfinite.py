@@ -75,5 +75,7 @@ def test_max_grad_norm_clips_and_the_logged_norm_is_before_clipping(root, tmp_pa
     assert free["steps"] == clipped["steps"] == 6
     assert _log(tmp_path / "clip")[0]["grad_norm"] > 1e-3  # the norm before clipping
     # Clipping changed the training: the same first step, then other weights.
-    assert _log(tmp_path / "free")[0]["grad_norm"] == pytest.approx(_log(tmp_path / "clip")[0]["grad_norm"])
+    # The same gradient, its norm taken by two summation orders (torch's clip vs the loop's): fp32
+    # rounding of a sum over ~1e4 squares, well inside 1e-5 relative.
+    assert _log(tmp_path / "free")[0]["grad_norm"] == pytest.approx(_log(tmp_path / "clip")[0]["grad_norm"], rel=1e-5)
     assert [r["loss"] for r in _log(tmp_path / "free")] != [r["loss"] for r in _log(tmp_path / "clip")]

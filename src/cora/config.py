@@ -11,7 +11,17 @@ from cora import layout
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping, write_yaml
 from cora.methods import METHOD_NAMES
-from cora.ranges import SEED_MAX, Choice, Float, Int, Spec, check_fields, declare, fields_of_kind, setting
+from cora.ranges import (
+    SEED_MAX,
+    Choice,
+    Float,
+    Int,
+    Spec,
+    check_fields,
+    declare,
+    fields_of_kind,
+    setting,
+)
 
 
 class _YamlConfig:
@@ -33,7 +43,7 @@ class _YamlConfig:
             raise CoraError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
         return cls(**check_fields(cls.__name__, d, source))  # checked here too, to name the source
 
-    def differing_fields(self, other: "_YamlConfig", ignore=frozenset()) -> list[str]:
+    def differing_fields(self, other: _YamlConfig, ignore=frozenset()) -> list[str]:
         """Fields (in declaration order, minus ``ignore``) whose values differ from ``other``'s:
         what stops a run from being resumed or reused under other settings."""
         theirs = other.to_dict()
@@ -62,6 +72,7 @@ CF_DEFAULTS: dict[str, dict[str, Any]] = {
 CF_MODELS = tuple(CF_DEFAULTS)
 SAS_BLOCKS = ("reference", "preln")  # cora.cf.models.SASRec
 DTYPES = ("fp32", "bf16", "fp16")  # cora.llm.backbone maps each to a torch dtype
+ATTENTION_KERNELS = ("sdpa", "eager")  # cora.llm.backbone.ATTENTION
 MODULE_LETTERS = "qkvof"  # cora.llm.lowrank.MODULE_LETTERS maps each to projection names
 INPUT_NORMS = ("none", "zscore", "layernorm")  # cora.methods.cora
 SOFT_PROMPTS = ("slots", "prefix")  # cora.methods.prompt4nr
@@ -104,7 +115,7 @@ class CFConfig(_YamlConfig):
     extra: dict = setting(spec=_DICT, help="Free-form notes kept with the run.", factory=dict)
 
     @classmethod
-    def for_model(cls, model: str, source: str = "CF config", **overrides) -> "CFConfig":
+    def for_model(cls, model: str, source: str = "CF config", **overrides) -> CFConfig:
         model = model.lower() if isinstance(model, str) else model
         if model not in CF_DEFAULTS:
             raise CoraError(f"{source}: unknown CF model {model!r} (choose from {', '.join(CF_DEFAULTS)})")
@@ -132,6 +143,17 @@ class LLMConfig(_YamlConfig):
     # default (torch's default). Ignored on a CPU.
     tf32: bool = setting(False, _BOOL, "CUDA only: fp32 matrix products on TF32 tensor cores (recorded).",
                          kind="placement")
+    # sdpa: torch's fused kernels (transformers' default); eager: the modeling file's plain
+    # softmax(QK^T)V, slower, for bisecting a kernel's numerics. A different kernel is a different
+    # rounding, so it is compared on resume like the dtype.
+    attention: str = setting("sdpa", Choice(*ATTENTION_KERNELS), "Attention kernel: "
+                             + " | ".join(ATTENTION_KERNELS) + " (recorded).")
+    # Recomputes each decoder layer's activations in the backward pass instead of keeping them:
+    # the same loss and gradients (tests/test_paper_scale.py), a fraction of the activation memory,
+    # ~1/3 more compute. It changes no number, so a run may resume with it switched.
+    gradient_checkpointing: bool = setting(False, _BOOL, "Recompute decoder-layer activations in the backward "
+                                           "pass (less memory, ~30 % more compute; same numbers).",
+                                           kind="placement")
     # prompt
     max_titles: int = setting(10, Int(0), "History titles in the prompt.")
     # Not the paper's ID-only variant (that is id_only): the target's title stays in the prompt.
@@ -237,7 +259,7 @@ class LLMConfig(_YamlConfig):
     extra: dict = setting(spec=_DICT, help="Free-form notes kept with the run.", kind="method", factory=dict)
 
     @classmethod
-    def for_method(cls, fields: dict, cf_model: str | None = None, source: str = "config") -> "LLMConfig":
+    def for_method(cls, fields: dict, cf_model: str | None = None, source: str = "config") -> LLMConfig:
         """``fields`` (a --config YAML, an experiment row, CLI flags) over the reference settings of
         their method (and CF model) from :data:`LLM_DEFAULTS`, over the dataclass defaults. A
         fully resolved run config.yaml holds every field, so the table changes nothing in it."""
@@ -247,7 +269,7 @@ class LLMConfig(_YamlConfig):
             cf_model = cf_model_of(fields["cf"])
         return cls.from_dict({**method_defaults(method, cf_model), **fields}, source=source)
 
-    def for_stage(self, stage: str) -> "LLMConfig":
+    def for_stage(self, stage: str) -> LLMConfig:
         """This config with stage ``stage``'s own loop settings (``stage_settings``) applied."""
         own = self.stage_settings.get(stage) or {}
         if not isinstance(own, dict) or (bad := sorted(set(own) - STAGE_FIELDS)):

@@ -7,6 +7,7 @@ RUN/train_summary.json             LLM runs: steps, stop reason, wall time, samp
 RUN/metrics.json                   {split key: {n, auc, uauc, warm, cold}, ...}
 RUN/log.jsonl                      LLM runs: one line per validation
 RUN/checkpoint/                    last state for --resume (cora.train.checkpoint)
+RUN/resume_changes.json            settings a resume was allowed to change (--allow-changed), at which step
 RUN/predictions-<key>.parquet      uid, iid, label, score, not_cold of one scored split
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 SUMMARY = "train_summary.json"
+RESUME_CHANGES = "resume_changes.json"
 METRICS = "metrics.json"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint"

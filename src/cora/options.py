@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import typer
 
@@ -55,7 +56,13 @@ def default_note(cls: type, name: str) -> str:
     """The default of ``name`` as every new run gets it: one value, or the value of each method
     (LLMConfig: LLM_DEFAULTS, with the CF models and stages that change it) or CF model
     (CFConfig: CF_DEFAULTS)."""
-    from cora.config import CF_DEFAULTS, CF_MODELS, LLM_DEFAULTS, LLMConfig, method_defaults
+    from cora.config import (
+        CF_DEFAULTS,
+        CF_MODELS,
+        LLM_DEFAULTS,
+        LLMConfig,
+        method_defaults,
+    )
     from cora.methods import METHOD_NAMES
 
     base = declarations(cls)[name].default

@@ -15,10 +15,10 @@ This module imports neither torch nor the configs: choices are spelled where the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,16 +69,16 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
-def Int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Spec:  # noqa: N802
+def Int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Spec:
     return Spec(int, lo, hi, optional=optional)
 
 
-def Float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,  # noqa: N802
+def Float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
           optional: bool = False) -> Spec:
     return Spec(float, lo, hi, lo_open, hi_open, optional=optional)
 
 
-def Choice(*choices: str) -> Spec:  # noqa: N802
+def Choice(*choices: str) -> Spec:
     return Spec(str, choices=choices)
 
 
@@ -108,6 +108,7 @@ RANGES: dict[str, dict[str, Spec]] = {
         "max_wait_ms": Float(0, 60_000), "queue_size": POSITIVE,
         "seed": Int(0, SEED_MAX), "bootstrap_seed": Int(0, SEED_MAX),  # numpy's seed range
         "positive_threshold": Float(), "valid_small_frac": Float(0, 1, lo_open=True),
+        "negatives": POSITIVE,  # import-interactions: sampled negatives per positive
     },
 }
 

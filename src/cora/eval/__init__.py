@@ -3,4 +3,4 @@
 from cora.eval.metrics import auc, evaluate_predictions, uauc
 from cora.eval.ranking import ranking_metrics
 
-__all__ = ["auc", "uauc", "evaluate_predictions", "ranking_metrics"]
+__all__ = ["auc", "evaluate_predictions", "ranking_metrics", "uauc"]

@@ -37,7 +37,7 @@ def uauc(users, labels, scores) -> tuple[float, int]:
 
 def _block(df: pd.DataFrame) -> dict:
     u, n_users = uauc(df["uid"], df["label"], df["score"])
-    return {"n": int(len(df)), "auc": _clean(auc(df["label"], df["score"])), "uauc": _clean(u), "uauc_users": n_users}
+    return {"n": len(df), "auc": _clean(auc(df["label"], df["score"])), "uauc": _clean(u), "uauc_users": n_users}
 
 
 def _clean(x: float) -> float | None:

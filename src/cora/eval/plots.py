@@ -14,11 +14,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.container import BarContainer
 
-from cora.io import atomic_path  # noqa: E402
+from cora.io import atomic_path
 
 
 def _save(fig, path: str | Path) -> None:
@@ -116,7 +116,7 @@ def text_vs_id_plot(rows: list[dict], path: str | Path, title: str = "Text vs ID
     all, the paper's Fig. 6 variants), paired by ``label``."""
     labels = list(dict.fromkeys(r.get("label", r["method"]) for r in rows))
     by = {(r.get("label", r["method"]), bool(r.get("id_only"))): r for r in rows}
-    pick = lambda key, field: [(by.get((lab, key)) or {}).get(field) for lab in labels]  # noqa: E731
+    pick = lambda key, field: [(by.get((lab, key)) or {}).get(field) for lab in labels]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
     _grouped_bars(ax, labels, {"with item text": pick(False, "auc"), "ID-only": pick(True, "auc")},
                   {"with item text": pick(False, "auc_ci95"), "ID-only": pick(True, "auc_ci95")})

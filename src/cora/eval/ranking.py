@@ -17,7 +17,7 @@ caller must leave such users out, and passing one is an error rather than a sile
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cora.errors import CoraError
 

@@ -263,7 +263,7 @@ def _delta(r: dict, meta: dict) -> str:
 def _seeds(r: dict) -> str:
     if "seeds" not in r:
         return "-"
-    sd = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    sd = lambda x: "-" if x is None else f"{x:.4f}"
     return f"{len(r['seeds'])} (sd {sd(r.get('auc_std'))} / {sd(r.get('uauc_std'))})"
 
 

@@ -20,10 +20,10 @@ console = make_console()  # what the command prints (its progress goes to stderr
 
 def run_command(config: Path, *, only: list[str] | None = None, report_only: bool = False, device: str | None = None,
                 tf32: bool = False, jobs: int = 1, deadline_min: float | None = None, status: bool = False,
-                task: str | None = None) -> None:
+                task: str | None = None, backbone: str | None = None, dtype: str | None = None) -> None:
     """What ``cora experiment`` does with its options (see its help in cora.cli)."""
     exp = Experiment.load(config)
-    exp.place(device, tf32)
+    exp.place(device, tf32, backbone, dtype)
     if status:
         console.print(status_table(experiment_status(exp, only)))
         return
@@ -33,7 +33,8 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
         return
     if jobs > 1 and not report_only:
         ensure_data(exp)  # once, before the workers start
-        placement = (["--device", device] if device else []) + (["--tf32"] if tf32 else [])
+        placement = ((["--device", device] if device else []) + (["--tf32"] if tf32 else [])
+                     + (["--backbone", backbone] if backbone else []) + (["--dtype", dtype] if dtype else []))
         states = run_parallel(exp, config, jobs, only, deadline_min * 60 if deadline_min else None, placement)
         console.print("  ".join(f"{name}: {state}" for name, state in states.items()))
         report_only = True

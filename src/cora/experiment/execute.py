@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING
 
 from cora import layout
 from cora.errors import CoraError
-from cora.experiment.carry import (carried_run, committed_predictions, committed_results, copy_files, keep_cf,
-                                   restore_cf)
+from cora.experiment.carry import (
+    carried_run,
+    committed_predictions,
+    committed_results,
+    copy_files,
+    keep_cf,
+    restore_cf,
+)
 from cora.experiment.results import write_results
 from cora.io import read_json
 from cora.progress import make_console
@@ -56,6 +62,19 @@ def run_cf(exp: Experiment, key: str) -> Path:
     return out
 
 
+def release_memory() -> None:
+    """Return what a finished training held (its backbone, optimizer state, activations) before
+    the row's scoring loads the backbone again: Python frees the objects when the last reference
+    goes, and the CUDA allocator keeps freed blocks cached until asked to give them back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def run_llm(exp: Experiment, t: Training) -> Path:
     from cora.train.run import evaluate_run, train_run
 
@@ -65,6 +84,7 @@ def run_llm(exp: Experiment, t: Training) -> Path:
     stage_from = {stage: donor_dir(exp, donor) for stage, donor in t.stage_from.items()}
     if not (out / layout.SUMMARY).exists():
         train_run(t.config, out, resume=(out / layout.CONFIG).exists(), stage_from=stage_from)
+        release_memory()  # the trained copy of the backbone goes before scoring loads the best weights
     metrics = read_json(out / layout.METRICS) if (out / layout.METRICS).exists() else {}
     if exp.key not in metrics:
         evaluate_run(out, "test", exp.test_limit, per_user=exp.per_user)

@@ -38,7 +38,7 @@ class Row:
     carry: dict | None = None
 
     @classmethod
-    def from_mapping(cls, index: int, d: dict) -> "Row":
+    def from_mapping(cls, index: int, d: dict) -> Row:
         """The row of a mapping of the file, as it is: :meth:`Experiment.validate` checks it."""
         return cls(name=d["name"], index=index, method=d.get("method"), cf=d.get("cf"),
                    label=d.get("label", d["name"]), stage_from=d.get("stage_from") or {},

@@ -20,14 +20,28 @@ from cora.errors import CoraError
 from cora.eval.bootstrap import COLUMNS
 from cora.eval.curves import curves_table, run_curve
 from cora.eval.plots import PLOTS, TRAINING_PLOTS
-from cora.eval.report import (add_intervals, contrast_table, markdown_table, prediction_attrs, report_rows,
-                              run_predictions, seeded_row, verdict_table)
+from cora.eval.report import (
+    add_intervals,
+    contrast_table,
+    markdown_table,
+    prediction_attrs,
+    report_rows,
+    run_predictions,
+    seeded_row,
+    verdict_table,
+)
 from cora.experiment.carry import carried_run, committed_predictions, committed_results
-from cora.io import atomic_path, read_json, read_yaml_mapping, sha256_file, write_json, write_parquet
+from cora.io import (
+    atomic_path,
+    read_json,
+    read_yaml_mapping,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 
 if TYPE_CHECKING:
-    from cora.experiment.plan import Training
-    from cora.experiment.plan import Row
+    from cora.experiment.plan import Row, Training
     from cora.experiment.spec import Experiment
 
 

@@ -49,6 +49,7 @@ from cora.experiment.plan import Plan, Row
 from cora.io import read_yaml_mapping
 from cora.ranges import check_fields, check_value
 
+
 # The keys of a row that are no LLMConfig field; every other key of a row is one.
 @dataclass
 class Experiment:
@@ -103,7 +104,7 @@ class Experiment:
         return Plan(self)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Experiment":
+    def load(cls, path: str | Path) -> Experiment:
         path = Path(path)
         d = read_yaml_mapping(path, "experiment")
         known = set(cls.__dataclass_fields__)
@@ -116,16 +117,24 @@ class Experiment:
         exp.validate(path)
         return exp
 
-    def place(self, device: str | None = None, tf32: bool = False) -> None:
+    def place(self, device: str | None = None, tf32: bool = False, backbone: str | None = None,
+              dtype: str | None = None) -> None:
         """Run the LLM rows on ``device`` (and with TF32 matmuls) instead of what the file says:
-        placement fields are recorded in each run's config.yaml but never compared (PLACEMENT_FIELDS)."""
+        placement fields are recorded in each run's config.yaml but never compared (PLACEMENT_FIELDS).
+        ``backbone`` / ``dtype`` replace the file's ``llm:`` values (a local folder for a hub id, the
+        precision); they are settings like any other, recorded and compared on resume, and a row
+        that names its own dtype keeps it."""
         placed = {}
         if device is not None:
             placed["device"] = device
         if tf32:
             placed["tf32"] = True
+        if backbone is not None:
+            placed["backbone"] = backbone
+        if dtype is not None:
+            placed["dtype"] = dtype
         if placed:
-            self.llm = {**self.llm, **check_fields("LLMConfig", placed, "--device / --tf32")}
+            self.llm = {**self.llm, **check_fields("LLMConfig", placed, "--device / --tf32 / --backbone / --dtype")}
             self.__dict__.pop("plan", None)  # resolved again, with the new placement
 
     def validate(self, source: Path) -> None:

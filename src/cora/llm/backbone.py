@@ -14,13 +14,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cora.config import ATTENTION_KERNELS
 from cora.errors import CoraError, one_line
 from cora.io import make_tmp_dir
 
@@ -30,13 +31,16 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
+# Attention kernels a run may ask for (recorded with the run, cora.config): torch's fused SDPA or
+# the plain softmax(QK^T)V of the modeling file.
+ATTENTION = ATTENTION_KERNELS
 # "org/name" or "name": what the hub accepts as a repo id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass
 class Backbone:
-    """A frozen LM, its left-padding tokenizer and the ids the Yes/No scorer reads."""
+    """A frozen LM, its right-padding tokenizer and the ids the Yes/No scorer reads."""
 
     model: transformers.PreTrainedModel
     tokenizer: transformers.PreTrainedTokenizerBase
@@ -44,6 +48,11 @@ class Backbone:
     yes_token_id: int
     no_token_id: int
     bos_token_id: int | None
+
+    @property
+    def attention(self) -> str:
+        """The attention kernel the model runs (``sdpa`` | ``eager`` | ...), as transformers set it."""
+        return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
 
     @property
     def d_model(self) -> int:
@@ -111,7 +120,7 @@ def cpu_has_fast(dtype: torch.dtype) -> bool:
 
 def make_backbone(model, tokenizer, name: str, dtype: str | torch.dtype = "fp32",
                   device: str | torch.device = "cpu") -> Backbone:
-    """Freeze, cast and place ``model``; set the tokenizer up for left-padded batches."""
+    """Freeze and place ``model``, its parameters in ``dtype``; set the tokenizer up for padding."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     if torch_device.type == "cpu" and not cpu_has_fast(torch_dtype):
         from rich.console import Console
@@ -121,9 +130,13 @@ def make_backbone(model, tokenizer, name: str, dtype: str | torch.dtype = "fp32"
                                    "expect it to run several times slower than fp32")
     model.requires_grad_(False)
     model.eval()
-    model.to(device=torch_device, dtype=torch_dtype)
-    # The score is read at the last position, so every prompt must end there: pad on the left.
-    tokenizer.padding_side = "left"
+    cast_parameters(model, torch_dtype)
+    model.to(device=torch_device)  # moves buffers too, in the dtype each was made in
+    # Batches are padded on the right and the score read at each row's last real token: a
+    # left pad would be a query row with every key masked, for which fused attention kernels
+    # in bf16 / fp16 have NaN reports (pytorch #119320, #125674); a right pad always sees the
+    # real tokens before it, and real tokens never see it (causal).
+    tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if tokenizer.pad_token is None:
@@ -134,31 +147,90 @@ def make_backbone(model, tokenizer, name: str, dtype: str | torch.dtype = "fp32"
                     bos_token_id=tokenizer.bos_token_id)
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, dtype: str = "fp32", device: str = "cpu") -> Backbone:
-    """Load ``name`` (see module docstring) frozen, in eval mode, cast to ``dtype`` on ``device``."""
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Floating-point parameters to ``dtype``; buffers stay as the model made them. ``model.to(dtype)``
+    would also round buffers such as Llama's rotary ``inv_freq``, which transformers keeps in fp32
+    on purpose: in bf16 the position error grows with the position (transformers #25681, #29285)."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def set_gradient_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Recompute each decoder layer in the backward pass (transformers' own checkpointing,
+    non-reentrant, so tensors read from outside a layer's arguments, such as CoRA's per-pair A,
+    still receive their gradient). transformers only checkpoints modules in training mode; the
+    frozen LLM stays in eval mode, so only the checkpointing modules' own ``training`` flag is
+    set, not their children's: no dropout of the backbone switches on."""
+    def checkpointing_modules() -> list[torch.nn.Module]:
+        return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+    if on and not checkpointing_modules():
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # It also makes the input embeddings require a gradient, which only reentrant checkpointing
+        # needs: drop that hook, so no gradient is taken where nothing trains.
+        if hasattr(model, "_require_grads_hook"):
+            model.disable_input_require_grads()
+    for module in checkpointing_modules():
+        module.training = on
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, dtype: str = "fp32", device: str = "cpu",
+                  attention: str = "sdpa") -> Backbone:
+    """Load ``name`` (see module docstring) frozen, in eval mode, its weights read once in
+    ``dtype`` straight onto ``device`` (no fp32 copy of a 7B model in CPU memory first)."""
     # Check the cheap arguments before spending seconds on loading.
-    resolve_dtype(dtype)
-    resolve_device(device)
-    model, tokenizer = _load_source(str(name))
-    return make_backbone(model, tokenizer, str(name), dtype, device)
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    if attention not in ATTENTION:
+        raise CoraError(f"attention {attention!r}: choose one of {', '.join(ATTENTION)}")
+    how = LoadOptions(torch_dtype, torch_device, attention)
+    model, tokenizer = _load_source(str(name), how)
+    return make_backbone(model, tokenizer, str(name), torch_dtype, torch_device)
 
 
-def _load_source(name: str):
+@dataclass(frozen=True)
+class LoadOptions:
+    """How ``from_pretrained`` reads a model: in the compute dtype, one tensor at a time, onto the
+    target device, with the chosen attention kernel."""
+
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    attention: str = "sdpa"
+
+    def kwargs(self) -> dict:
+        # transformers renamed torch_dtype to dtype in 4.56 (the old name warns, later fails).
+        key = "dtype" if _transformers_at_least(4, 56) else "torch_dtype"
+        out = {key: self.dtype, "low_cpu_mem_usage": True, "attn_implementation": self.attention}
+        if self.device.type == "cuda":
+            out["device_map"] = {"": str(self.device)}  # loaded onto the GPU, not through CPU memory
+        return out
+
+
+def _transformers_at_least(major: int, minor: int) -> bool:
+    have = re.match(r"(\d+)\.(\d+)", transformers.__version__)
+    return have is not None and (int(have[1]), int(have[2])) >= (major, minor)
+
+
+def _load_source(name: str, how: LoadOptions = LoadOptions()):
     if name == DEFAULT_BACKBONE:
         gguf = smollm2_gguf_path()
-        return _load_folder(_cached_gguf(gguf, DEFAULT_BACKBONE))
+        return _load_folder(_cached_gguf(gguf, DEFAULT_BACKBONE), how)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CoraError(f"{path}: not a Hugging Face model folder (no config.json); pass a .gguf file directly")
-        return _load_folder(path)
+        return _load_folder(path, how)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise CoraError(f"{path}: expected a model folder (with config.json) or a .gguf file")
-        return _load_folder(_cached_gguf(path.resolve(), path.stem))
+        return _load_folder(_cached_gguf(path.resolve(), path.stem), how)
     if _looks_like_path(name) or not _HUB_ID.match(name):
         raise CoraError(f"{name}: no such file or folder")
-    return _load_hub(name)
+    return _load_hub(name, how)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -174,7 +246,7 @@ def _hub_offline() -> bool:
     return any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
-def _load_hub(repo_id: str):
+def _load_hub(repo_id: str, how: LoadOptions):
     if _hub_offline():
         # Resolve to the cached snapshot ourselves: from_pretrained still probes the network for
         # optional files (adapter_config.json) with ~20 s of retries when the hub is unreachable.
@@ -185,9 +257,9 @@ def _load_hub(repo_id: str):
         except Exception as e:  # LocalEntryNotFoundError and friends: not cached
             raise CoraError(f"backbone {repo_id!r}: not a local path and not in the Hugging Face cache, "
                             "and HF_HUB_OFFLINE=1 forbids downloading it") from e
-        return _load_folder(Path(folder))
+        return _load_folder(Path(folder), how)
     try:
-        return AutoModelForCausalLM.from_pretrained(repo_id), AutoTokenizer.from_pretrained(repo_id)
+        return AutoModelForCausalLM.from_pretrained(repo_id, **how.kwargs()), AutoTokenizer.from_pretrained(repo_id)
     except OSError as e:
         raise CoraError(f"backbone {repo_id!r}: could not load from the Hugging Face hub ({one_line(e)})") from e
 
@@ -199,9 +271,9 @@ def _hf_cache_dir() -> str | None:
     return str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
 
 
-def _load_folder(folder: Path):
+def _load_folder(folder: Path, how: LoadOptions):
     try:
-        return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(folder, **how.kwargs()), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise CoraError(f"{folder}: could not load model folder ({one_line(e)})") from e
 

@@ -13,13 +13,18 @@ For sample ``b`` a wrapped module computes::
 
 i.e. the per-pair weight ``W + s (A_b B)^T`` without materialising it: two batched matmuls of
 rank r, no per-sample Python loop. With no weights set, the module is exactly ``W x``.
+
+Precision: A and B are fp32. On an fp32 model the path casts nothing. On a bf16 / fp16 model
+(outside autocast) the rank-r product and the sum ``W x + s B^T h`` are taken in fp32 and rounded
+once to the model's dtype: ``W x`` already carries the model's rounding, the update adds none of
+its own. Under fp16 autocast (the reference's recipe) autocast decides, as it does for peft's LoRA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -68,8 +73,9 @@ class _WeightsSlot:
         a = self.a_by_width[x.shape[-1]]  # (batch, d_in, r)
         if x.shape[0] != a.shape[0]:
             raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
-        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r): rank-r work only.
-        h = torch.bmm(dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a.to(x.dtype))
+        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r): rank-r work only, in A's fp32.
+        xd = dropout(x).reshape(x.shape[0], -1, x.shape[-1])
+        h = torch.bmm(xd if xd.dtype == a.dtype else xd.to(a.dtype), a)
         self.last_x, self.last_h = x, h
         return h
 
@@ -107,10 +113,13 @@ class CollaborativeLinear(nn.Module):
         if self._slot.a_by_width is None:
             return out
         h = self._slot.projected(x, self.dropout)  # (batch, T, r), shared by modules reading x
-        # out + s * h B in one fused pass over the output (addmm), not three (matmul, scale, add).
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, self.rank), self.lowrank_B.to(x.dtype),
-                           alpha=self.scale)
-        return flat.reshape(out.shape)
+        # out + s * h B in one fused pass over the output (addmm), not three (matmul, scale, add);
+        # on a bf16 / fp16 model the sum is taken in fp32 and rounded once.
+        flat = out.reshape(-1, out.shape[-1])
+        if flat.dtype != h.dtype:
+            flat = flat.to(h.dtype)
+        flat = torch.addmm(flat, h.reshape(-1, self.rank), self.lowrank_B, alpha=self.scale).reshape(out.shape)
+        return flat if flat.dtype == out.dtype else flat.to(out.dtype)
 
 
 class CollaborativeAdapter(nn.Module):
@@ -160,7 +169,10 @@ class CollaborativeAdapter(nn.Module):
         return sorted({w.in_features for w in self.wrapped.values()})
 
     @contextlib.contextmanager
-    def weights(self, a_by_width: dict[int, torch.Tensor] | None) -> Iterator[None]:
+    def weights(self, a_by_width: dict[int, torch.Tensor] | None, hold: bool = False) -> Iterator[None]:
+        """The per-pair A matrices for the forward passes inside the block. ``hold``: leave them
+        set after the block (until the next call), for a backward pass that recomputes layers
+        (gradient checkpointing) and so runs the wrapped modules again."""
         if a_by_width is not None:
             need = set(self.input_widths) - set(a_by_width)
             if need:
@@ -170,7 +182,8 @@ class CollaborativeAdapter(nn.Module):
         try:
             yield
         finally:
-            self._slot.set(previous)
+            if not hold:
+                self._slot.set(previous)
 
     def b_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{n}.lowrank_B": w.lowrank_B.detach() for n, w in self.wrapped.items()}

@@ -9,8 +9,8 @@ its outside part tokenised on its own, so no prompt text is lost; whitespace nex
 goes with the slot. This needs the character offsets of a "fast" tokenizer, which every Hugging
 Face backbone we load has.
 
-Slot positions are returned counted from the end of the prompt (negative), because prompts are
-left-padded: in a batch of width ``T`` the slot sits at ``T + offset`` whatever the padding.
+Slot positions are returned counted from the end of the prompt (negative): a slot sits at
+``length + offset`` of its row whatever the padding (:func:`cora.llm.tokenize.slot_positions`).
 """
 
 from __future__ import annotations

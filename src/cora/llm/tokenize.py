@@ -1,4 +1,4 @@
-"""Prompt texts -> token ids (once per split, cached) -> left-padded batches."""
+"""Prompt texts -> token ids (once per split, cached) -> padded batches (right-padded for scoring)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,29 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (batch, longest), padded on the right: every real token
+    sits at its own position whatever else is in the batch, and no query row is fully masked
+    (a pad attends to the real tokens before it). The score is read at each row's last real
+    token (:func:`last_positions`)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch,) index of each row's last real token in a right-padded batch."""
+    return (attention_mask.sum(-1) - 1).clamp(min=0)
+
+
+def slot_positions(offsets: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Where vector slots sit in a right-padded batch: ``offsets`` (batch, n_slots) are counted
+    from the end of each row's own tokens (negative), so a slot is at ``length + offset``."""
+    return offsets + attention_mask.sum(-1, keepdim=True)

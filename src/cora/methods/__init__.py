@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from cora.errors import CoraError
 
 
-
 @dataclass(frozen=True)
 class MethodSpec:
     """One registry line: what a method is, known without importing it (a test checks that these

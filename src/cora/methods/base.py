@@ -20,9 +20,9 @@ from cora.cf.data import pad_histories
 from cora.config import LLMConfig
 from cora.data.prompts import build_prompt
 from cora.io import check_tensors
-from cora.llm.backbone import Backbone
+from cora.llm.backbone import Backbone, set_gradient_checkpointing
 from cora.llm.scoring import yes_logits
-from cora.llm.tokenize import left_pad, tokenize_prompts
+from cora.llm.tokenize import right_pad, tokenize_prompts
 
 
 @dataclass
@@ -43,7 +43,7 @@ class EncodedSplit(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
-    def subset(self, rows) -> "EncodedSplit":
+    def subset(self, rows) -> EncodedSplit:
         """The given rows (indices into this split), in that order, every field kept aligned."""
         rows = np.asarray(rows, dtype=np.int64)
         return EncodedSplit(input_ids=[self.input_ids[r] for r in rows], uid=self.uid[rows], iid=self.iid[rows],
@@ -107,7 +107,7 @@ class LLMMethod(nn.Module):
         )
 
     def collate(self, split: EncodedSplit, rows: list[int]) -> dict[str, torch.Tensor]:
-        input_ids, mask = left_pad([split.input_ids[r] for r in rows], self.pad_token_id)
+        input_ids, mask = right_pad([split.input_ids[r] for r in rows], self.pad_token_id)
         idx = torch.as_tensor(rows, dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": mask, "uid": split.uid[idx], "iid": split.iid[idx],
                  "label": split.label[idx], "row": idx}
@@ -137,6 +137,8 @@ class LLMMethod(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.llm.eval()
+        if self.cfg.gradient_checkpointing:
+            set_gradient_checkpointing(self.llm, mode)
         if self.cf is not None:
             self.cf.eval()
         return self

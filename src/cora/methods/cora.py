@@ -18,7 +18,6 @@ from cora.llm.lowrank import CollaborativeAdapter
 from cora.methods.base import LLMMethod
 from cora.methods.generator import CollaborativeQueryGenerator
 
-
 # input_norm's choices are declared with the setting (cora.config.INPUT_NORMS); LLMConfig refuses
 # others when it is built.
 
@@ -73,5 +72,8 @@ class CoRA(LLMMethod):
         return self.generator(self.pair_embedding(batch))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.adapter.weights(self.collaborative_weights(batch)):
+        # Under gradient checkpointing the backward pass runs each layer again, after this forward
+        # has returned: the pair's A must still be in place then (until the next forward).
+        hold = self.training and self.cfg.gradient_checkpointing
+        with self.adapter.weights(self.collaborative_weights(batch), hold=hold):
             return self.score(batch)

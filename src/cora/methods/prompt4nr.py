@@ -17,7 +17,7 @@ dropout 0.05) trains jointly (``prompt_lora``), lr 1e-4 (``LLM_DEFAULTS``).
 
 ``prefix`` (runs made before the option existed): ``soft_tokens`` vectors right after BOS on the
 plain text prompt every method shares, started from the embeddings of random vocabulary tokens
-(Lester et al. 2021); under left padding they stay right after each row's own BOS.
+(Lester et al. 2021); counted from each row's end, they stay right after its own BOS.
 
 Frozen: the LLM.
 """

@@ -3,8 +3,8 @@
 Prompt4NR's soft prompt, PersonPrompt's user / item tokens and CoLLM's mapped CF embeddings are
 vectors placed among the prompt's word embeddings, with the backbone itself untouched.
 ``encode`` stores each row's slot positions counted from the END of its token ids
-(``slot_offsets``, negative; see ``cora.llm.slots``): prompts are left-padded, so in a batch of
-width ``T`` a slot sits at ``T + offset`` whatever the padding. The slot's own token id is a
+(``slot_offsets``, negative; see ``cora.llm.slots``), so a slot sits at ``length + offset`` of its
+row whatever the padding (:func:`cora.llm.tokenize.slot_positions`). The slot's own token id is a
 filler whose embedding is replaced.
 
 Shared by the slot methods (no method of its own): :class:`SlotPromptMethod`, the slot marker and
@@ -18,6 +18,7 @@ import torch
 
 from cora.data.prompts import COLLM_TEMPLATE, build_prompt
 from cora.llm.slots import tokenize_with_slots
+from cora.llm.tokenize import slot_positions
 from cora.methods.base import EncodedSplit, LLMMethod
 
 # Written where an embedding goes (cora.llm.slots makes it ONE position); never reaches the model as text.
@@ -35,7 +36,7 @@ class SlotPromptMethod(LLMMethod):
     def embed_with_slots(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The prompt's input embeddings with the slot positions replaced by :meth:`slot_vectors`."""
         embeds = self.llm.get_input_embeddings()(batch["input_ids"])
-        positions = batch["slot_offsets"] + embeds.shape[1]
+        positions = slot_positions(batch["slot_offsets"], batch["attention_mask"])
         index = positions.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
         values = self.slot_vectors(batch).to(embeds.dtype)
         return embeds.scatter(1, index, values)  # out of place: gradients reach the vectors

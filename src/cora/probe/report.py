@@ -33,7 +33,7 @@ def summarise(rows: list[Row], answers: dict[str, np.ndarray], resamples: int, s
         for task, idx in draws.items():
             boot = hits[task][idx].mean(axis=1)
             diff = (hits[task] - correct[0][task])[idx].mean(axis=1)
-            tasks[task] = {"n": int(len(hits[task])), "accuracy": float(hits[task].mean()), "ci95": _ci(boot),
+            tasks[task] = {"n": len(hits[task]), "accuracy": float(hits[task].mean()), "ci95": _ci(boot),
                            "diff_vs_first": float(hits[task].mean() - correct[0][task].mean()), "diff_ci95": _ci(diff),
                            "choices": predictions(row.logliks[task]).tolist()}
         out.append({"name": row.name, "method": row.method, "source": row.source, "detail": row.detail,

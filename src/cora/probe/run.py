@@ -9,8 +9,8 @@ OUT/questions.json the questions (prompt, choices, answer), identical for every 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,12 @@ from cora.errors import CoraError
 from cora.io import read_yaml_mapping, write_json
 from cora.probe import report
 from cora.probe.catalogue import item_catalogue
-from cora.probe.questions import GENRE_PROMPT, MATCHING_PROMPT, YEAR_PROMPT, build_questions
+from cora.probe.questions import (
+    GENRE_PROMPT,
+    MATCHING_PROMPT,
+    YEAR_PROMPT,
+    build_questions,
+)
 from cora.probe.rows import backbone_row, run_rows
 
 TEMPLATES = {"year": YEAR_PROMPT, "genre": GENRE_PROMPT, "matching": MATCHING_PROMPT}

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import numpy as np
 import torch

@@ -27,7 +27,13 @@ from safetensors.torch import load_file
 from cora import layout
 from cora.errors import CoraError
 from cora.io import atomic_dir, atomic_path, remove_partial
-from cora.safe_state import has_state, read_state, refuse_pickle, save_tensor_file, write_state
+from cora.safe_state import (
+    has_state,
+    read_state,
+    refuse_pickle,
+    save_tensor_file,
+    write_state,
+)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -95,6 +101,11 @@ class LoopState:
     grad_norms: list = field(default_factory=list)
     skipped: int = 0
     skipped_in_row: int = 0
+    # The fp16 recipe's GradScaler (cora.train.precision), empty in other modes.
+    precision: dict = field(default_factory=dict)
+    # Processes that trained it: the global batch (batch_size x processes) and so the order of the
+    # data depend on it, so a resume must have as many.
+    world_size: int = 1
 
 
 def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, opt, sched) -> None:
@@ -103,24 +114,32 @@ def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, o
     save_checkpoint(folder, trainable, {
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # The generator of the GPU this process computes on, not of every visible one: a resume
+        # where fewer GPUs are visible restores it too.
+        "cuda_rng": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         "step": st.step, "best": st.best, "bad": st.bad, "micro": st.micro, "elapsed_s": st.elapsed_s,
         "running": st.running, "log_bytes": st.log_bytes, "grad_norms": st.grad_norms, "skipped": st.skipped,
-        "skipped_in_row": st.skipped_in_row})
+        "skipped_in_row": st.skipped_in_row, "precision": st.precision, "world_size": st.world_size})
 
 
-def load_loop(folder: Path, opt, sched) -> tuple[dict[str, torch.Tensor], LoopState]:
+def load_loop(folder: Path, opt, sched, world_size: int = 1) -> tuple[dict[str, torch.Tensor], LoopState]:
     """The trainable tensors and counters of the checkpoint in ``folder``; the optimizer,
-    scheduler and RNGs are restored in place."""
+    scheduler and RNGs are restored in place. ``world_size``: the processes resuming it."""
     trainable, state = load_checkpoint(folder)
+    if (saved := state.get("world_size", 1)) != world_size:  # before anything is restored
+        raise CoraError(f"{folder}: trained by {saved} process(es), resumed by {world_size}: the order of the "
+                        f"training rows depends on the number of processes; resume it with {saved}")
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # Older checkpoints hold every visible GPU's state: take this process's GPU's when present.
+        states, current = state["cuda_rng"], torch.cuda.current_device()
+        torch.cuda.set_rng_state(states[current] if current < len(states) else states[0])
     st = LoopState(step=state["step"], micro=state["micro"], best=state["best"], bad=state["bad"],
                    running=list(state.get("running", [])), elapsed_s=state["elapsed_s"], log_bytes=state["log_bytes"],
                    # checkpoints written before these existed: none recorded
                    grad_norms=list(state.get("grad_norms", [])), skipped=state.get("skipped", 0),
-                   skipped_in_row=state.get("skipped_in_row", 0))
+                   skipped_in_row=state.get("skipped_in_row", 0), precision=dict(state.get("precision") or {}),
+                   world_size=saved)
     return trainable, st

@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,17 @@ from cora.eval.metrics import auc, uauc
 from cora.io import is_no_space, kill_point, no_space_error, read_json, write_json
 from cora.methods.base import EncodedSplit, LLMMethod
 from cora.progress import ValidationClock, progress_bar, scoring_bar
-from cora.train.checkpoint import (LoopState, drop_checkpoint, has_checkpoint, load_loop, prepare_resume, save_loop,
-                                   save_tensors)
+from cora.train.checkpoint import (
+    LoopState,
+    drop_checkpoint,
+    has_checkpoint,
+    load_loop,
+    prepare_resume,
+    save_loop,
+    save_tensors,
+)
+from cora.memory import phase_peak, reset_peak
+from cora.train.precision import Precision, autocast_for
 from cora.train.sampling import EpochBatches
 from cora.train.schedule import warmup_cosine
 
@@ -42,11 +52,26 @@ def hardware(device: torch.device, cfg: LLMConfig) -> str:
     return f"cpu x{torch.get_num_threads()} {cfg.dtype}"
 
 
+def accelerator_placement(device: str, cuda_available: bool, distributed: bool) -> tuple[bool, int | None]:
+    """(run on CUDA?, the GPU index to make current) for ``--device``: ``cuda:N`` is that GPU in
+    one process; under a distributed launch each process takes the GPU of its local rank (accelerate),
+    so an index is not applied. ``auto`` is CUDA when there is one."""
+    if device == "cpu" or not cuda_available:
+        return False, None
+    if device == "auto" or device == "cuda":
+        return True, None
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+    return True, None if distributed else index
+
+
 def make_accelerator(cfg: LLMConfig) -> Accelerator:
     # The frozen backbone already holds the compute dtype (bf16 weights run bf16 matmuls), and
-    # trainable tensors stay fp32; fp16 on a GPU additionally needs accelerate's loss scaling.
-    cuda = cfg.device in ("cuda", "auto") and torch.cuda.is_available()
-    mixed = "fp16" if cfg.dtype == "fp16" and cuda else "no"
+    # trainable tensors stay fp32; the fp16 recipe's autocast and loss scaling are the loop's own
+    # (cora.train.precision), the same on a CPU and a GPU, so accelerate mixes nothing in.
+    distributed = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    cuda, index = accelerator_placement(cfg.device, torch.cuda.is_available(), distributed)
+    if index is not None:  # accelerate's one-process device is "cuda", i.e. the current GPU: make it cuda:N
+        torch.cuda.set_device(index)
     # accelerate keeps one device per process (a shared state): a CPU run followed by a CUDA run
     # in one Python process (a notebook, a test) would put the second run's batches on the CPU
     # beside a model on the GPU. Outside a distributed launch, start the state afresh.
@@ -55,7 +80,7 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
     have = PartialState._shared_state.get("device")
     if have is not None and (have.type == "cuda") != cuda and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+    return Accelerator(cpu=not cuda, mixed_precision="no")
 
 
 @torch.no_grad()
@@ -72,7 +97,7 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
     mine = order[rank::world]
     scores: dict[int, float] = {}
     device = accelerator.device if accelerator else torch.device("cpu")
-    with scoring_bar(description, len(mine), show_progress) as advance:
+    with scoring_bar(description, len(mine), show_progress) as advance, autocast_for(method.cfg.dtype, device.type):
         for start in range(0, len(mine), batch_size):
             rows = mine[start:start + batch_size].tolist()
             batch = {k: v.to(device) for k, v in method.collate(split, rows).items()}
@@ -136,6 +161,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
             drop_checkpoint(ckpt)  # killed between writing the summary and deleting it
         return read_json(summary_path)
     torch.manual_seed(cfg.seed)
+    memory = dict(getattr(method, "memory", {}))  # the load's peak, when this process loaded the backbone
+    peak_resettable = reset_peak()  # from here on: the training phase's peak
     acc = make_accelerator(cfg)
     opt = _optimizer(method, cfg)
     # The cosine spans lr_horizon (the reference's max_epoch x iters_per_epoch), not the steps this
@@ -153,8 +180,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         raise CoraError(f"training split has {len(train)} rows, fewer than one batch of {cfg.batch_size * world}")
     model, opt = acc.prepare(method, opt)
     unwrapped: LLMMethod = acc.unwrap_model(model)
+    precision = Precision(cfg.dtype, acc.device)
 
-    st = LoopState()
+    st = LoopState(world_size=world)
     # The step of the checkpoint on disk (None: none yet), for the message of a run stopped by
     # non-finite steps.
     last_saved: dict = {"step": None}
@@ -163,7 +191,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
     if resume and has_checkpoint(ckpt):
-        trainable, st = load_loop(ckpt, opt, sched)
+        trainable, st = load_loop(ckpt, opt, sched, world_size=world)
+        _continue_schedule_at(cfg.lr, opt, sched)  # a resume allowed to change lr (--allow-changed lr)
+        precision.load_state_dict(st.precision)
         unwrapped.load_trainable_state_dict(trainable)
         last_saved["step"] = st.step
     elif cfg.calibrate_logit:
@@ -190,6 +220,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         nonlocal last_save
         st.elapsed_s = time.time() - t0
         st.log_bytes = os.fstat(log.fileno()).st_size  # the log as of this checkpoint (flushed before)
+        st.precision = precision.state_dict()
         save_loop(ckpt, unwrapped.trainable_state_dict(), st, opt, sched)
         last_save = time.time()
         last_saved["step"] = st.step
@@ -211,31 +242,37 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 sync = (st.micro + 1) % cfg.grad_accum == 0
                 ctx = acc.no_sync(model) if not sync else _null()
                 with ctx:
-                    logits = model(batch)
+                    with precision.autocast():
+                        logits = model(batch)
                     loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
                     # Backward even when the loss is not finite: under DDP every process must take
                     # part; the non-finite gradient then decides the step (the same on every process).
-                    acc.backward(loss / cfg.grad_accum)
+                    precision.backward(acc, loss / cfg.grad_accum)
                 st.micro += 1
                 seen += len(rows)
                 if math.isfinite(value := loss.item()):
                     st.running.append(value)
                 if not sync:
                     continue
+                precision.unscale(opt)
                 norm = _grad_norm(trainable, cfg, acc)
                 st.grad_norms.append(norm if math.isfinite(norm) else None)
+                precision.step(opt, finite=math.isfinite(norm))
                 if math.isfinite(norm):
-                    opt.step()
                     st.skipped_in_row = 0
                 else:  # skipped and counted; the schedule moves on, as under a loss scaler
                     st.skipped += 1
                     st.skipped_in_row += 1
                     progress.console.print(f"step {st.step + 1}: the loss or gradient is not finite (loss {value}, "
                                            f"gradient norm {norm}); step skipped ({st.skipped_in_row} in a row, "
-                                           f"{st.skipped} in all)")
+                                           f"{st.skipped} in all" + (f", loss scale now {precision.loss_scale:g}"
+                                                                        if precision.loss_scale else "") + ")")
                     if st.skipped_in_row >= cfg.max_skipped_steps:
                         raise CoraError(_skipped_message(st, cfg, out, last_saved))
-                sched.step()
+                with warnings.catch_warnings():  # a skipped step moves the schedule on without opt.step()
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                            category=UserWarning)
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
                 st.step += 1
                 kill_point("step")  # the kill -9 tests' mid-training moment (cora.io.kill_point)
@@ -261,6 +298,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                               "samples_per_s": round(rate, 2), "time_s": round(time.time() - t0, 1),
                               "grad_norm": norms[-1] if norms else None, "grad_norm_max": max(norms) if norms else None,
                               "skipped_steps": st.skipped}
+                    if precision.loss_scale is not None:
+                        record["loss_scale"] = precision.loss_scale
                     st.running, st.grad_norms = [], []
                     progress.update(task, info=bar_info(record["loss"] or math.nan, rate))  # the best may have changed
                     if acc.is_main_process:
@@ -294,6 +333,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),
                "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "memory": {**memory, "train": phase_peak(since_reset=peak_resettable)},
                "hardware": hardware(acc.device, cfg)}
     if acc.is_main_process:
         write_json(summary_path, summary)
@@ -323,6 +363,18 @@ def _skipped_message(st, cfg: LLMConfig, out: Path, last_saved: dict) -> str:
     return (f"{st.skipped_in_row} steps in a row ({first}-{st.step + 1}) had a non-finite loss or gradient: "
             f"training stopped; {saved}{best}. Lower --lr, set --max-grad-norm (e.g. 1.0) or train in fp32, "
             "then resume or start again")
+
+
+def _continue_schedule_at(lr: float, opt: torch.optim.Optimizer, sched) -> None:
+    """After restoring a checkpoint: if ``lr`` differs from the one the checkpoint's schedule was
+    built with, continue the same warm-up / cosine shape scaled to ``lr`` from the current step."""
+    if all(base == lr for base in sched.base_lrs):
+        return
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    for group, factor in zip(opt.param_groups, sched.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 def _main_says(acc: Accelerator, yes: bool) -> bool:

@@ -7,6 +7,8 @@ stages (CoLLM, BinLLM) keep one loop folder per stage, ``RUN/stage-<k>-<name>/``
 
 from __future__ import annotations
 
+import dataclasses
+
 import resource
 import time
 from pathlib import Path
@@ -17,18 +19,26 @@ import torch
 from cora import layout
 from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import PLACEMENT_FIELDS, LLMConfig
-from cora.ranges import fields_of_kind
+from cora.data.sampling import sample_rows, sample_users, split_key
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import evaluate_predictions
-from cora.io import read_json, read_yaml_mapping, removed_on_failure, update_json, write_json, write_parquet
+from cora.io import (
+    read_json,
+    read_yaml_mapping,
+    removed_on_failure,
+    update_json,
+    write_json,
+    write_parquet,
+)
 from cora.llm.backbone import load_backbone
+from cora.memory import measured
 from cora.methods import method_class
 from cora.methods.base import LLMMethod
 from cora.progress import phase, quiet_hf, say
+from cora.ranges import fields_of_kind
 from cora.train.checkpoint import load_tensors, save_tensors
 from cora.train.loop import fit, hardware, make_accelerator, predict
-from cora.data.sampling import sample_rows, sample_users, split_key
 
 
 def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
@@ -44,18 +54,29 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
     # Process-wide in torch; set from the run's config so that a run says which precision it had.
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
+    memory: dict = {}
     if backbone is None:
         quiet_hf()  # transformers' own loading bar beside rich's: one style only
         phase(f"loading the backbone {cfg.backbone} ({cfg.dtype}, {cfg.device})")
-        backbone = load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device)
+        with measured(memory, "load"):
+            backbone = load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device, attention=cfg.attention)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
     # New parts (generator, B, MLPs, the CF model) are built on the CPU: join the backbone's device.
     method.to(backbone.device)
+    method.memory = memory  # peaks of the phases so far (the load); fit and scoring add theirs
     return method, ds
 
 
-def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
+# What a resume may change when asked (--allow-changed): the learning rate (a run that diverged)
+# and the precision (a run that overflowed in fp16 / bf16), each recorded in RESUME_CHANGES.
+CHANGEABLE_ON_RESUME = ("lr", "dtype", "attention")
+
+
+def _start_run(cfg: LLMConfig, out: Path, resume: bool, allow_changed: set[str] = frozenset()) -> None:
+    if bad := sorted(set(allow_changed) - set(CHANGEABLE_ON_RESUME)):
+        raise CoraError(f"--allow-changed: only {', '.join(CHANGEABLE_ON_RESUME)} may change on resume "
+                        f"(got {', '.join(bad)})")
     out.mkdir(parents=True, exist_ok=True)
     saved = out / layout.CONFIG
     if saved.exists():
@@ -63,18 +84,37 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool) -> None:
             raise CoraError(f"{out}: a run is already there (pass --resume to continue it, or choose another --out)")
         # may be raised to continue a run; or continued on another device
         keep_free = {"max_steps", "patience", "eval_every"} | PLACEMENT_FIELDS
-        if diff := cfg.differing_fields(LLMConfig.load(saved), ignore=keep_free):
+        before = LLMConfig.load(saved)
+        if diff := cfg.differing_fields(before, ignore=keep_free | set(allow_changed)):
+            hint = (f", or pass --allow-changed {','.join(d for d in diff if d in CHANGEABLE_ON_RESUME)} to continue "
+                    "with the new values" if any(d in CHANGEABLE_ON_RESUME for d in diff) else "")
             raise CoraError(f"{out}: the existing run used other settings for {', '.join(diff)}; "
-                            "use another --out or the same settings")
+                            f"use another --out or the same settings{hint}")
+        if changed := cfg.differing_fields(before, ignore=set(LLMConfig.__dataclass_fields__) - set(allow_changed)):
+            _record_resume_change(out, {f: [getattr(before, f), getattr(cfg, f)] for f in changed})
     cfg.save(saved)
 
 
+def _record_resume_change(out: Path, changed: dict[str, list]) -> None:
+    """Append what a resume changed, and at which step, to RUN/resume_changes.json."""
+    from cora.train.checkpoint import has_checkpoint, load_checkpoint
+
+    ckpt = out / layout.CHECKPOINT
+    step = load_checkpoint(ckpt)[1]["step"] if has_checkpoint(ckpt) else 0
+    path = out / layout.RESUME_CHANGES
+    history = read_json(path) if path.exists() else []
+    write_json(path, [*history, {"step": step, "changed": changed,
+                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
+
+
 def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
-              backbone=None, stage_from: dict[str, str | Path] | None = None, keep_checkpoint: bool = False) -> dict:
+              backbone=None, stage_from: dict[str, str | Path] | None = None, keep_checkpoint: bool = False,
+              allow_changed: set[str] = frozenset()) -> dict:
     """Train the method of ``cfg`` into the run folder ``out``. ``stage_from`` maps a stage name to
     a finished run that already trained exactly that stage (see :func:`reuse_stage`). A finished
     run (and each finished stage) deletes its resume state ``checkpoint/`` unless ``keep_checkpoint``:
-    a run option, not a config field, so it never stops a run from resuming."""
+    a run option, not a config field, so it never stops a run from resuming. ``allow_changed``:
+    settings of :data:`CHANGEABLE_ON_RESUME` a resume may change (recorded in the run folder)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CoraError(f"{out}: exists and is not a folder (choose another --out)")
@@ -84,7 +124,8 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
     # A run that fails before its first checkpoint (bad data, a bad stage donor, a batch that
     # cannot run) leaves nothing in --out; one that fails later keeps it for --resume.
     with removed_on_failure(out, keep=_has_progress, enabled=acc.is_main_process):
-        return _train_run(cfg, out, acc, resume, show_progress, backbone, stage_from, keep_checkpoint)
+        return _train_run(cfg, out, acc, resume, show_progress, backbone, stage_from, keep_checkpoint,
+                          allow_changed)
 
 
 def _has_progress(out: Path) -> bool:
@@ -94,7 +135,8 @@ def _has_progress(out: Path) -> bool:
 
 
 def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool, backbone,
-               stage_from: dict[str, str | Path] | None, keep_checkpoint: bool) -> dict:
+               stage_from: dict[str, str | Path] | None, keep_checkpoint: bool,
+               allow_changed: set[str] = frozenset()) -> dict:
     method, ds = build_method(cfg, backbone)
     stage_from = stage_from or {}
     stages = method.stages() if len(method.stages()) > 1 else ()  # () = one plain fit
@@ -107,7 +149,7 @@ def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool
     for name in method.stages():
         cfg.for_stage(name)  # each stage's own settings are valid before any work starts
     if acc.is_main_process:
-        _start_run(cfg, out, resume)
+        _start_run(cfg, out, resume, allow_changed)
     acc.wait_for_everyone()
     if not any(p.requires_grad for p in method.parameters()):
         summary = {"steps": 0, "stop_reason": "nothing to train", "wall_time_s": 0.0,
@@ -215,14 +257,24 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
     return summary
 
 
-def load_run(run: str | Path, backbone=None) -> tuple[LLMMethod, LLMConfig, Dataset]:
-    """A trained run's method with its best trainable tensors loaded."""
+def run_config(run: str | Path) -> LLMConfig:
+    """The config of the LLM run folder ``run`` (one line if it is not one)."""
     run = Path(run)
     if not (run / layout.CONFIG).exists():
         raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
     if "model" in (saved := read_yaml_mapping(run / layout.CONFIG, "run config")) and "method" not in saved:
         raise CoraError(f"{run}: a CF run, not an LLM run (use 'cora cf evaluate' for it)")
-    cfg = LLMConfig.load(run / layout.CONFIG)
+    return LLMConfig.load(run / layout.CONFIG)
+
+
+def load_run(run: str | Path, backbone=None, device: str | None = None,
+             dtype: str | None = None) -> tuple[LLMMethod, LLMConfig, Dataset]:
+    """A trained run's method with its best trainable tensors loaded; ``device`` / ``dtype`` score it
+    elsewhere than it trained (a CUDA run on a CPU, an fp32 run in bf16)."""
+    run = Path(run)
+    cfg = run_config(run)
+    if device is not None or dtype is not None:
+        cfg = dataclasses.replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
     weights = run / layout.WEIGHTS
     state = load_tensors(weights) if weights.exists() else None  # a corrupt file fails before the backbone loads
     method, ds = build_method(cfg, backbone)
@@ -242,14 +294,18 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     run = Path(run)
     if split not in ("valid", "valid_small", "test"):
         raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
-    method, cfg, ds = load_run(run, backbone)
+    # The accelerator first: under `accelerate launch` it gives each process its own GPU, which the
+    # backbone must then load onto (loaded before, every replica would land on cuda:0).
+    acc = make_accelerator(run_config(run))
+    placed = str(acc.device) if acc.device.type == "cuda" else None
+    method, cfg, ds = load_run(run, backbone, device=placed)
     df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
     phase(f"tokenising {len(df):,} {split} prompts")
     encoded = method.encode(df, ds.domain)
-    t0 = time.time()
-    acc = make_accelerator(cfg)  # under `accelerate launch`: each process scores a shard
-    scores = predict(method, encoded, cfg.eval_batch_size, acc, show_progress=show_progress and acc.is_main_process,
-                     description=f"{cfg.method} {split}")
+    t0 = time.time()  # each process scores a shard under `accelerate launch`
+    with measured(method.memory, "score"):
+        scores = predict(method, encoded, cfg.eval_batch_size, acc,
+                         show_progress=show_progress and acc.is_main_process, description=f"{cfg.method} {split}")
     elapsed = time.time() - t0
     pred = encoded.frame.assign(score=scores)[["uid", "iid", "label", "score", "not_cold"]]
     key = split_key(split, limit, per_user)
@@ -258,6 +314,7 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     write_parquet(run / layout.predictions(key), pred)
     metrics = evaluate_predictions(pred)
     metrics["eval"] = {"limit": limit, "per_user": per_user, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
-                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                       "memory": method.memory}
     update_json(run / layout.METRICS, {key: metrics})
     return metrics
