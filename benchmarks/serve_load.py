@@ -155,13 +155,13 @@ def _sample(tally: Tally, text: str) -> None:
 def _requests(users: list[int], items: list[int], per_request: int, rng: np.random.Generator,
               mix: float = 0.0, k: int = 10, candidates: int = 20):
     """An endless stream of (path, body): /score with random known pairs, or with probability
-    ``mix`` /recommend for a random known user."""
+    ``mix`` /recommend for a random known user (cora's internal ids, as known_ids gives them)."""
     while True:
         if mix > 0 and rng.random() < mix:
-            yield "/recommend", {"user": int(rng.choice(users)), "k": k, "candidates": candidates}
+            yield "/recommend", {"user": int(rng.choice(users)), "k": k, "candidates": candidates, "internal_ids": True}
         else:
             us, its = rng.choice(users, per_request), rng.choice(items, per_request)
-            yield "/score", {"pairs": [{"user": int(u), "item": int(i)} for u, i in zip(us, its)]}
+            yield "/score", {"pairs": [{"user": int(u), "item": int(i)} for u, i in zip(us, its)], "internal_ids": True}
 
 
 def forward_passes(stats: dict, max_batch: int, per_request: int) -> float:

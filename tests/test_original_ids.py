@@ -192,6 +192,17 @@ def test_an_unknown_id_is_one_line_before_the_model_loads(run, tmp_path, monkeyp
     assert not (tmp_path / "s.parquet").exists()
 
 
+def test_the_maps_are_looked_up_before_any_table_is_read(run, monkeypatch, capsys, no_model):
+    import cora.serve.preflight
+
+    def refuse(*a, **k):
+        raise AssertionError("a table was read")
+
+    monkeypatch.setattr(cora.serve.preflight.Catalog, "from_dataset", refuse)
+    code, out, err = main_in_process(monkeypatch, capsys, "recommend", run, "--user", "nobody")
+    assert code == 1 and "unknown user 'nobody': not in the dataset's users.parquet" in err, err
+
+
 def test_an_unknown_user_fails_without_importing_torch(run):
     """From a shell: the error comes before torch (and so any model) is even imported."""
     code = ("import sys\nfrom cora.cli import main\nsys.argv = ['cora', 'recommend', sys.argv[1], '--user', 'nobody']\n"

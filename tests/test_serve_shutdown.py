@@ -75,6 +75,35 @@ def test_drain_with_grace_answers_every_queued_request():
     assert rejected == 0 and [float(x[0]) for x in out] == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
+def test_a_request_in_the_model_stops_between_forward_passes_when_the_grace_ends():
+    """A score function asks keep_going() before each forward pass: once the drain's grace is over
+    the request in the model is not scored to its end but answered 503 after the pass running."""
+    entered, passes = threading.Event(), []
+
+    def score(pairs, keep_going):
+        for u, _ in pairs:  # one forward pass per pair
+            if not keep_going():
+                return None
+            entered.set()
+            passes.append(u)
+            time.sleep(0.05)
+        return np.array([float(u) for u, _ in pairs])
+
+    async def main():
+        b = MicroBatcher(score, max_batch=1, max_wait_ms=0, queue_size=4)
+        await b.start()
+        task = asyncio.create_task(b.submit([(u, 1) for u in range(1, 201)]))  # 200 passes: 10 s
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        await b.drain(0)
+        out = await asyncio.gather(task, return_exceptions=True)
+        await b.stop()
+        return out
+
+    (out,) = asyncio.run(main())
+    assert isinstance(out, ShuttingDown) and len(passes) < 20, (out, len(passes))
+
+
 def test_stop_rejects_what_it_holds_instead_of_cancelling():
     """A cancelled future would reach the HTTP handler as CancelledError: a 500 or a dropped connection."""
     gate, entered = threading.Event(), threading.Event()

@@ -446,7 +446,9 @@ def recommend_cmd(
     items = rec.recommend(uid, k=k, candidates=candidates, show_progress=True)  # a bar on stderr while it scores
     original = rec.ids.users.original(uid)
     if as_json:
-        print(json.dumps(_recommendation_json(rec, uid, items, internal_ids), indent=2))
+        from cora.serve.recommend import recommendation_answer
+
+        print(json.dumps(recommendation_answer(rec, uid, items, internal_ids), indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -467,18 +469,6 @@ def recommend_cmd(
                   escape(r.title), f"{r.probability:.4f}",
                   f"{r.cf_score:.4f}" if r.cf_score is not None else str(r.train_positives))
     console.print(t)
-
-
-def _recommendation_json(rec, uid: int, items: list, internal_ids: bool) -> dict:
-    """The /recommend answer's shape: the dataset's ids; cora's (uid, iid) only with internal_ids."""
-    out = {"user": rec.ids.users.original(uid), **({"uid": uid} if internal_ids else {}), "items": []}
-    for r in items:
-        d = r.to_dict()
-        d["item"] = rec.ids.items.original(r.item)
-        if internal_ids:
-            d = {k: v for k, v in (*list(d.items())[:2], ("iid", r.item), *list(d.items())[2:])}
-        out["items"].append(d)
-    return out
 
 
 @app.command("score")

@@ -43,7 +43,7 @@ from cora.serve.batcher import MicroBatcher, QueueFull, ShuttingDown, TimedOut
 from cora.serve.body_limit import BodyLimit
 from cora.serve.gates import ApiKeyGate, JsonOnly
 from cora.serve.ids import internal_id
-from cora.serve.recommend import Recommender, UnknownIdError, sigmoid
+from cora.serve.recommend import Recommender, UnknownIdError, recommendation_answer, sigmoid
 from cora.serve.schemas import (
     MAX_BODY_BYTES,
     MAX_CANDIDATES,
@@ -54,7 +54,6 @@ from cora.serve.schemas import (
     Health,
     Info,
     Limits,
-    RecommendedItem,
     RecommendResponse,
     ScoredPair,
     ScoreResponse,
@@ -164,9 +163,6 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
             raise HTTPException(404, detail=str(e)) from None
         return found
 
-    def internal_fields(given_internal: bool, **fields) -> dict:
-        return fields if given_internal else {}
-
     @app.get("/health", response_model=Health,
              responses={503: {"model": Health, "description": "Shutting down: send no more requests"}})
     async def health():
@@ -190,7 +186,7 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
         probs = sigmoid(values)
         return ScoreResponse(results=[
             ScoredPair(user=ids.users.original(u), item=ids.items.original(i),
-                       **internal_fields(req.internal_ids, uid=u, iid=i),
+                       **({"uid": u, "iid": i} if req.internal_ids else {}),
                        title=titles[i], score=float(s), probability=float(p))
             for (u, i), s, p in zip(pairs, values, probs)])
 
@@ -210,10 +206,6 @@ def create_app(recommender: Recommender, max_batch: int = 32, max_wait_ms: float
             raise HTTPException(501, detail=str(e)) from None
         values = await logits([(uid, iid) for iid, _ in found]) if found else []
         items = rec.rerank(uid, found, sigmoid(values), req.k, retrieved_by=source)
-        return RecommendResponse(user=ids.users.original(uid), **internal_fields(req.internal_ids, uid=uid), items=[
-            RecommendedItem(rank=r.rank, item=ids.items.original(r.item), **internal_fields(req.internal_ids, iid=r.item),
-                            title=r.title, probability=r.probability, cf_score=r.cf_score,
-                            train_positives=r.train_positives, retrieved_by=r.retrieved_by)
-            for r in items])
+        return RecommendResponse(**recommendation_answer(rec, uid, items, req.internal_ids))
 
     return app

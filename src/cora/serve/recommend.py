@@ -33,7 +33,7 @@ from cora.serve.preflight import check_k
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run
 
-__all__ = ["Recommendation", "Recommender", "UnknownIdError", "check_k", "sigmoid"]
+__all__ = ["Recommendation", "Recommender", "UnknownIdError", "check_k", "recommendation_answer", "sigmoid"]
 
 
 def _check_n(n: int) -> None:
@@ -63,6 +63,15 @@ class Recommendation:
         return {"rank": self.rank, "item": self.item, "title": self.title, "probability": self.probability,
                 "cf_score": self.cf_score, "train_positives": self.train_positives,
                 "retrieved_by": self.retrieved_by}
+
+
+def recommendation_answer(rec: "Recommender", uid: int, items: list[Recommendation], internal_ids: bool = False) -> dict:
+    """``/recommend``'s answer (and ``cora recommend --json``'s): the dataset's own ids; cora's
+    (``uid``, each item's ``iid``) only with ``internal_ids``."""
+    original = rec.ids.items.original
+    return {"user": rec.ids.users.original(uid), **({"uid": uid} if internal_ids else {}),
+            "items": [{"rank": r.rank, "item": original(r.item), **({"iid": r.item} if internal_ids else {}),
+                       **{k: v for k, v in r.to_dict().items() if k not in ("rank", "item")}} for r in items]}
 
 
 class Recommender:
