@@ -72,7 +72,7 @@ def test_synthetic_round_trip(tmp_path):
     assert meta["splits"]["valid_small"]["rows"] == 60  # 50 % of 120
     back = load_dataset(tmp_path / "ok").split("train")
     pd.testing.assert_series_equal(back["uid"], frames["train_ood2.pkl"]["uid"].astype("int64"), check_names=False)
-    assert back["his"].tolist() == [list(h) for h in frames["train_ood2.pkl"]["his"]]
+    assert [list(h) for h in back["his"]] == [list(h) for h in frames["train_ood2.pkl"]["his"]]
 
 
 def _break(col, fn):

@@ -66,11 +66,16 @@ def ml1m_both(shared_data: Path, tmp_path_factory) -> dict:
             "imported": splits_of(root / "imported")}
 
 
+def values(df: pd.DataFrame, col: str) -> list:
+    """A column as plain values; histories (numpy views of the per-user arrays) as lists."""
+    return [list(v) for v in df[col]] if col in ("his", "his_title") else df[col].tolist()
+
+
 def assert_same_splits(mine: dict[str, pd.DataFrame], ref: dict[str, pd.DataFrame]) -> None:
     for s in ALL_SPLITS:
         assert len(mine[s]) == len(ref[s]), s
         for col in SCHEMA:
-            assert mine[s][col].tolist() == ref[s][col].tolist(), (s, col)
+            assert values(mine[s], col) == values(ref[s], col), (s, col)
 
 
 @pytest.mark.slow
@@ -155,7 +160,7 @@ def test_small_log_follows_the_protocol(tmp_path):
     ratings, items = write_events(tmp_path / "in")
     meta = import_interactions(ratings, tmp_path / "out", items=items, split_dates=DATES)
     r = rows(tmp_path / "out")
-    got = list(zip(r["uid"], r["iid"], r["label"], r["his"], r["split"], r["not_cold"]))
+    got = list(zip(r["uid"], r["iid"], r["label"], values(r, "his"), r["split"], r["not_cold"]))
     # Items numbered by first appearance in (user, time) order: m3, m1, m2, m5, m4 -> 1..5.
     assert got == [
         (1, 1, 1, [0], "train", 1),
@@ -167,7 +172,7 @@ def test_small_log_follows_the_protocol(tmp_path):
         (2, 5, 1, [0, 2, 3], "valid", 0),
         (2, 4, 1, [0, 2, 3, 5], "test", 0),
     ]
-    assert r["his_title"].iloc[-1] == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
+    assert list(r["his_title"].iloc[-1]) == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
     assert r["title"].iloc[3] == "Épsilon (1994)"
     assert meta["n_users"] == 3 and meta["n_items"] == 6 and meta["domain"] == "items"
     assert meta["splits"]["valid_small"]["rows"] == 2 and meta["source"]["rows_outside_window"] == 2
@@ -256,7 +261,7 @@ def test_recbole_atomic_files(tmp_path):
     meta = import_interactions(inter, tmp_path / "out", split_dates=DATES)
     assert meta["source"]["format"] == "recbole" and meta["source"]["items"]["path"] == str(item.resolve())
     r = rows(tmp_path / "out")
-    assert r["his_title"].iloc[-1] == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
+    assert list(r["his_title"].iloc[-1]) == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
     items_out = pd.read_parquet(tmp_path / "out" / "items.parquet")
     assert items_out["release_year"].tolist() == ["1992", "1990", "1991", "1994", "1993"]
 
@@ -286,7 +291,7 @@ def test_explicit_format_for_any_file_name(tmp_path):
                       + "".join(f"{u}\t{i}\t{r}\t{t}\t{TITLES[i]}\n" for u, i, r, t in EVENTS), encoding="utf-8")
     meta = import_interactions(events, tmp_path / "out", fmt="tsv", split_dates=DATES)
     assert meta["source"]["format"] == "tsv" and meta["source"]["columns"]["title"] == "title"
-    assert rows(tmp_path / "out")["his_title"].iloc[-1] == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
+    assert list(rows(tmp_path / "out")["his_title"].iloc[-1]) == ["", "Alpha (1990)", 'Beta, "the" (1991)', "Delta (1993)"]
 
 
 def test_imported_data_trains_a_cf_model(tmp_path):
@@ -349,11 +354,9 @@ def _case_bad_timestamp(r, i):
     return [], ["ratings.csv", "column 'timestamp'", "line 4", "timestamp=yesterday"]
 
 
-def _case_milliseconds(r, i):
-    df = pd.read_csv(r)
-    df["timestamp"] *= 1000
-    df.to_csv(r, index=False)
-    return [], ["ratings.csv", "column 'timestamp'", "milliseconds", "line 2"]
+def _case_seconds_mixed_with_milliseconds(r, i):
+    _edit_line(r, 4, f"bob,m1,4,{ts(2020, 1, 7) * 1000}")  # whole-column milliseconds are fine, a mix is not
+    return [], ["ratings.csv", "column 'timestamp'", "mixes unix seconds (first row) with milliseconds", "line 4"]
 
 
 def _case_empty_split(r, i):
@@ -435,7 +438,29 @@ def _case_corrupt_parquet(r, i):
 
 def _case_not_utf8(r, i):
     i.write_bytes(i.read_text().encode("iso-8859-1"))  # 'Épsilon' as one Latin-1 byte
-    return [], ["movies.csv", "not UTF-8"]
+    return [], ["movies.csv", "not UTF-8", "--encoding latin-1"]
+
+
+def _case_unknown_encoding(r, i):
+    return ["--encoding", "klingon"], ["--encoding klingon: unknown encoding"]
+
+
+def _case_unknown_duplicates_policy(r, i):
+    return ["--duplicates", "merge"], ["--duplicates merge: choose from error, drop, keep-last"]
+
+
+def _case_negatives_with_a_rating_column(r, i):
+    return ["--negatives", "2", "--rating", "rating"], ["--negatives makes every event a positive", "--rating"]
+
+
+def _case_zero_negatives(r, i):
+    return ["--negatives", "0"], ["--negatives"]
+
+
+def _case_no_room_for_negatives(r, i):
+    # alice touches m1, m2, m3 and m5 of the 5 items of the window: one left for 2 negatives.
+    return ["--negatives", "2"], ["--negatives 2: user 'alice' interacted with 4 of the 5 items", "leaves 1",
+                                  "lower --negatives"]
 
 
 BAD_CASES = {name[len("_case_"):]: f for name, f in dict(globals()).items() if name.startswith("_case_")}
@@ -480,8 +505,9 @@ def test_cli_imports_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
     code, output = cli(monkeypatch, capsys, *base)
     assert code == 0 and "valid_small" in output, output
     assert load_dataset(out).meta["source"]["label"] == "rating >= 4.5"
-    assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "meta.json", "test.parquet", "train.parquet",
-                                                     "users.parquet", "valid.parquet", "valid_small.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["histories.parquet", "items.parquet", "meta.json", "test.parquet",
+                                                     "train.parquet", "users.parquet", "valid.parquet",
+                                                     "valid_small.parquet"]
     code, output = cli(monkeypatch, capsys, *base)
     assert code == 1 and "output folder exists and is not empty" in output
     code, output = cli(monkeypatch, capsys, *base, "--overwrite")

@@ -102,7 +102,15 @@ def data_import_interactions(
                                                   help="Cut the time line at these shares of events (default 0.8,0.1,0.1)."),
     domain: str = typer.Option("items", "--domain", metavar="WORD", help="Plural noun for prompts: movies, books, ..."),
     valid_small_frac: float = typer.Option(0.5, "--valid-small-frac", help="Share of valid sampled as valid_small."),
-    seed: int = typer.Option(2023, "--seed", help="Seed of the valid_small sample."),
+    seed: int = typer.Option(2023, "--seed", help="Seed of the valid_small sample and of --negatives."),
+    negatives: int | None = typer.Option(None, "--negatives", metavar="N",
+                                         help="A log of positives only (clicks, plays): every event is a positive; "
+                                         "sample N negatives per positive among the items the user never touched "
+                                         "(NCF's protocol, docs/own-data.md)."),
+    duplicates: str = typer.Option("error", "--duplicates", metavar="error|drop|keep-last",
+                                   help="Events with the same user, item and time: stop (error), keep the first "
+                                   "(drop) or the last (keep-last)."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Encoding of text files (e.g. latin-1)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Import your own interaction log with the ML-1M protocol (histories, ids, not_cold, valid_small)."""
@@ -111,8 +119,13 @@ def data_import_interactions(
     meta = import_interactions(interactions, out, items=items, fmt=fmt, user=user, item=item, time=time,
                                rating=rating, positive_threshold=positive_threshold, label=label, title=title,
                                split_dates=split_dates, split_fractions=split_fractions, domain=domain,
-                               valid_small_frac=valid_small_frac, seed=seed, overwrite=overwrite)
+                               valid_small_frac=valid_small_frac, seed=seed, negatives=negatives,
+                               duplicates=duplicates, encoding=encoding, overwrite=overwrite)
     _print_meta(meta, out)
+    from cora.data.log_report import import_notes
+
+    for line in import_notes(meta["source"]):  # what the table does not show: times, repeats, negatives
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @prepare_app.command("movielens")

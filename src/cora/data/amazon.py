@@ -61,14 +61,14 @@ import json
 import math
 import zlib
 from array import array
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from cora.data.protocol import histories
+from cora.data.histories import positive_histories
 from cora.data.store import write_dataset
 from cora.errors import CoraError, one_line
 
@@ -87,8 +87,8 @@ CHUNK_LINES = 100_000
 JUNK_TITLE_MARK = "getTime"
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_YEAR_START = int(datetime(YEAR, 1, 1, tzinfo=timezone.utc).timestamp())
-_YEAR_END = int(datetime(YEAR + 1, 1, 1, tzinfo=timezone.utc).timestamp())
+_YEAR_START = int(datetime(YEAR, 1, 1, tzinfo=UTC).timestamp())
+_YEAR_END = int(datetime(YEAR + 1, 1, 1, tzinfo=UTC).timestamp())
 
 
 def prepare_amazon_book(reviews: str | Path, meta: str | Path, out: str | Path, *,
@@ -105,21 +105,21 @@ def prepare_amazon_book(reviews: str | Path, meta: str | Path, out: str | Path, 
     kept = activity_filter(joined)
     train, valid, test = split_by_time(kept)
     _require_rows(reviews, len(joined), len(kept), train=train, valid=valid, test=test)
-    splits = build_histories(train, valid, test, user_order=kept["user"])
+    splits, histories = build_histories(train, valid, test, user_order=kept["user"])
     splits["valid_small"] = splits["valid"].sample(frac=VALID_SMALL_FRACTION, random_state=VALID_SMALL_SEED)
     _require_rows(reviews, len(joined), len(kept), valid_small=splits["valid_small"])
     source = {
         "format": "amazon-2018-jsonl",
         "reviews": {"path": str(reviews.resolve()), "bytes": reviews.stat().st_size, **review_counts},
         "meta": {"path": str(meta.resolve()), "bytes": meta.stat().st_size, **meta_counts},
-        "rows_joined_2017": int(len(joined)),
-        "rows_after_filter": int(len(kept)),
+        "rows_joined_2017": len(joined),
+        "rows_after_filter": len(kept),
         "protocol": (f"CoLLM amazon-book: year {YEAR}; users and items with > {MIN_COUNT} ratings (one pass); "
                      f"label = overall >= {POSITIVE_RATING}; train Jan-Nov, December halves -> valid/test"),
         "valid_small": f"sample(frac={VALID_SMALL_FRACTION}, seed={VALID_SMALL_SEED}) of valid",
     }
     return write_dataset(out, {s: splits[s] for s in ("train", "valid", "valid_small", "test")},
-                         name=NAME, domain=DOMAIN, source=source, overwrite=overwrite)
+                         name=NAME, domain=DOMAIN, source=source, overwrite=overwrite, histories=histories)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -308,8 +308,9 @@ def split_by_time(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 
 
 def build_histories(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
-                    user_order: pd.Series) -> dict[str, pd.DataFrame]:
-    """Histories over all splits, ids by first appearance, not_cold; one frame per split."""
+                    user_order: pd.Series) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Histories over all splits, ids by first appearance, not_cold; one frame per split (with
+    ``his_len``) and the per-user histories (cora.data.histories)."""
     rank = {u: r for r, u in enumerate(pd.unique(user_order))}
     parts = [df.assign(split=k) for k, df in enumerate((train, valid, test))]
     rows = pd.concat(parts, ignore_index=True)
@@ -319,16 +320,15 @@ def build_histories(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame
     # numbering before building the histories gives the same ids as numbering after.
     rows["uid"] = pd.factorize(rows["user"])[0] + 1
     rows["iid"] = pd.factorize(rows["asin"])[0] + 1
-    his, his_title = histories(rows, rows["iid"].to_numpy())
-    # object Series: a plain list of equal-length lists would be read as a 2-D array
-    rows["his"] = pd.Series(his, index=rows.index, dtype=object)
-    rows["his_title"] = pd.Series(his_title, index=rows.index, dtype=object)
+    his_len, histories = positive_histories(rows["uid"].to_numpy(), rows["iid"].to_numpy(), rows["label"].to_numpy(),
+                                            rows["title"].to_numpy(dtype=object))
+    rows["his_len"] = his_len
     train_users = set(rows.loc[rows["split"] == 0, "uid"])
     train_items = set(rows.loc[rows["split"] == 0, "iid"])
     rows["not_cold"] = (rows["uid"].isin(train_users) & rows["iid"].isin(train_items)).astype(np.int64)
-    cols = ["uid", "iid", "label", "timestamp", "his", "his_title", "title", "not_cold"]
+    cols = ["uid", "iid", "label", "timestamp", "his_len", "title", "not_cold"]
     return {name: rows.loc[rows["split"] == k, cols].reset_index(drop=True)
-            for k, name in enumerate(("train", "valid", "test"))}
+            for k, name in enumerate(("train", "valid", "test"))}, histories
 
 
 # ----------------------------------------------------------------------------- checks / UI
@@ -350,7 +350,13 @@ def _require_rows(reviews: Path, joined: int, kept: int, **splits: pd.DataFrame)
 def _progress(label: str, path: Path):
     """A transient byte-progress bar on stderr when it is a terminal; yields tick(bytes_read)."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(stderr=True)
     if not console.is_terminal:

@@ -12,12 +12,15 @@ both call the protocol functions of :mod:`cora.data.protocol`, so the two cannot
    ``2001-06-01,2002-04-01,2002-09-01,2003-02-01``. ``--split-fractions 0.8,0.1,0.1`` (the default)
    cuts the time line at the timestamps below which 80 % and 90 % of all events lie; events that
    share the cut second go to the later split, so a second is never divided between splits.
-2. **Label** = ``rating >= --positive-threshold`` (default 4, ML-1M's rule) or a 0/1 ``--label``.
+2. **Label** = ``rating >= --positive-threshold`` (default 4, ML-1M's rule) or a 0/1 ``--label``;
+   with ``--negatives N`` every event is a positive and N negatives are sampled per positive
+   (NCF's protocol, :mod:`cora.data.negatives`).
 3. **Order.** Rows are sorted by (user, time), users in order of first appearance in the file.
-   Events of one user in the same second are ordered by the item's first appearance in the file,
-   then file order: the order CoLLM's inner merge of ratings with movies produced for ML-1M.
+   Events of one user in the same second (without finer times: milliseconds or fractional
+   seconds order them) are ordered by the item's first appearance in the file, then file order:
+   the order CoLLM's inner merge of ratings with movies produced for ML-1M.
 4. **Histories** over all three splits: ``his = [0] + the user's earlier positive items``,
-   ``his_title = [''] + their titles``.
+   ``his_title = [''] + their titles`` (stored once per user: :mod:`cora.data.histories`).
 5. **Ids** re-indexed 1..N in order of first appearance in that order (0 = padding);
    ``not_cold`` = user and item both seen in train; ``valid_small`` =
    ``valid.sample(frac=--valid-small-frac, random_state=--seed)``.
@@ -26,25 +29,40 @@ Besides the four splits and meta.json the folder holds ``users.parquet`` (uid ->
 and ``items.parquet`` (iid -> your item id, title, and the items table's other columns), so
 results can be mapped back to your ids.
 
-Bad input (missing or ambiguous columns, unparsable values, duplicate events, items without a
-title, an empty split) is a one-line :class:`CoraError` naming the file, the column and an example
-row; nothing is written.
+Bad input (missing or ambiguous columns, unparsable values, duplicate events unless
+``--duplicates drop|keep-last``, items without a title, an empty split) is a one-line
+:class:`CoraError` naming the file, the column and an example row; nothing is written. What the
+tables do not show (millisecond or date-only times and the ties they leave, removed duplicates,
+re-interactions with both labels, sampled negatives) goes into ``meta.json`` and the command's
+summary (:mod:`cora.data.log_report`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from cora.data.protocol import (SplitWindows, build_table, iso_utc, make_splits, order_events,
-                                 parse_split_dates, parse_split_fractions, tie_order, windows_from_fractions)
+from cora.data.log_report import reinteractions, time_ties
+from cora.data.negatives import insert_negatives
+from cora.data.protocol import (
+    SplitWindows,
+    build_table,
+    iso_utc,
+    make_splits,
+    order_events,
+    parse_split_dates,
+    parse_split_fractions,
+    tie_order,
+    windows_from_fractions,
+)
 from cora.data.store import write_with_id_maps
 from cora.errors import CoraError, one_line
 from cora.io import sha256_file
@@ -56,8 +74,11 @@ DEFAULT_THRESHOLD = 4.0
 DEFAULT_DOMAIN = "items"  # the prompt's plural noun: "... the following items: ..."
 VALID_SMALL_FRACTION = 0.5
 VALID_SMALL_SEED = 2023
-# A "unix seconds" value past year 5000 is almost surely milliseconds.
+# A "unix seconds" value past year 5000 is almost surely milliseconds (and every millisecond
+# value after March 1973 is past it); past 10**14 milliseconds (year 5138) it is neither.
 MAX_SECONDS = 10**11
+MAX_MILLISECONDS = 10**14
+DUPLICATES = ("error", "drop", "keep-last")  # --duplicates: what to do with repeated (user, item, time) events
 
 # Names each column is recognised by, compared without case, "_", "-" or spaces.
 CANDIDATES = {
@@ -113,16 +134,20 @@ def infer_format(path: Path, given: str | None) -> str:
     return kind
 
 
-def read_source(path: Path, fmt: str) -> Source:
-    """Read a whole table; text formats as strings, so every value is parsed (and reported) here."""
+def read_source(path: Path, fmt: str, encoding: str = "utf-8") -> Source:
+    """Read a whole table; text formats as strings, so every value is parsed (and reported) here.
+    ``encoding`` is that of text files (Parquet says its own)."""
     if not path.is_file():
         raise CoraError(f"{path}: no such file")
     try:
-        table = pd.read_parquet(path) if fmt == "parquet" else _read_text_table(path, fmt)
+        table = pd.read_parquet(path) if fmt == "parquet" else _read_text_table(path, fmt, encoding)
     except CoraError:
         raise
     except UnicodeDecodeError as e:
-        raise CoraError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        if codecs.lookup(encoding).name == "utf-8":
+            raise CoraError(f"{path}: not UTF-8 text (byte {e.start}); pass --encoding (e.g. --encoding latin-1) "
+                            "or save it as UTF-8") from None
+        raise CoraError(f"{path}: not {encoding} text (byte {e.start}); pass the file's --encoding") from None
     except pd.errors.EmptyDataError:
         raise CoraError(f"{path}: file is empty") from None
     # ParserError / ArrowInvalid are ValueErrors; gzip and OS trouble are OSError / EOFError / zlib.error.
@@ -139,12 +164,13 @@ def read_source(path: Path, fmt: str) -> Source:
     return Source(path, table, fmt)  # index = position in the file, for line numbers
 
 
-def _read_text_table(path: Path, fmt: str) -> pd.DataFrame:
+def _read_text_table(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
     # CSV follows the usual quoting rules; tab-separated files (and RecBole's) are read literally,
     # since titles such as '"Great Performances" Cats (1998)' start with a quote.
     tabbed = fmt != "csv"
     table = pd.read_csv(path, sep="\t" if tabbed else ",", dtype=str, keep_default_na=False, na_filter=False,
-                        quoting=csv.QUOTE_NONE if tabbed else csv.QUOTE_MINIMAL, encoding="utf-8-sig",
+                        quoting=csv.QUOTE_NONE if tabbed else csv.QUOTE_MINIMAL,
+                        encoding="utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding,
                         skip_blank_lines=False, engine="c")
     # Blank lines are dropped here rather than by the parser, so the index still gives line numbers.
     blank = (table == "").all(axis=1)
@@ -244,43 +270,85 @@ def labels(src: Source, col: str) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def unix_seconds(src: Source, col: str) -> np.ndarray:
-    """Event times as UTC unix seconds: numbers are seconds, text is an ISO 8601 date/time
-    (UTC unless it carries an offset). The first value decides which of the two a column holds."""
+@dataclass
+class EventTimes:
+    """A time column read: UTC unix seconds, the part below the second where the column has one,
+    what the column held, and whether every time is at one time of day (dates only)."""
+
+    seconds: np.ndarray
+    subsecond: np.ndarray | None  # nanoseconds within the second; None: whole seconds only
+    unit: str  # "unix seconds" | "unix milliseconds" | "ISO 8601 text" | "Parquet timestamps"
+    date_only: bool
+
+
+def event_times(src: Source, col: str) -> EventTimes:
+    """Event times as UTC unix seconds: numbers are seconds, or milliseconds when every value is
+    one (>= 10**11: as seconds that would be past the year 5000); text is an ISO 8601 date/time
+    (UTC unless it carries an offset). The first value decides between numbers and text."""
     values = _require_present(src, col)
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-        return _seconds(stamps)
+        return _from_nanoseconds(_nanoseconds(stamps), "Parquet timestamps")
     as_number = pd.to_numeric(values, errors="coerce")
     if not pd.isna(as_number.iloc[0]):
         bad = as_number.isna().to_numpy()
         if (pos := _first_bad(bad)) is not None:
             raise _fail(src, col, "must be unix seconds like the rows before it", pos)
-        seconds = np.floor(as_number.to_numpy(dtype=float))
-        if (pos := _first_bad(np.abs(seconds) >= MAX_SECONDS)) is not None:
-            raise _fail(src, col, "looks like milliseconds, not unix seconds (divide by 1000)", pos)
-        return seconds.astype(np.int64)
+        number = as_number.to_numpy(dtype=float)
+        if (pos := _first_bad(np.abs(number) >= MAX_MILLISECONDS)) is not None:
+            raise _fail(src, col, "is neither unix seconds nor milliseconds (too large)", pos)
+        big = np.abs(number) >= MAX_SECONDS
+        if big.any() and not big.all():
+            first, other = ("milliseconds", "seconds") if big[0] else ("seconds", "milliseconds")
+            raise _fail(src, col, f"mixes unix {first} (first row) with {other}", _first_bad(big != big[0]))
+        whole = np.floor(number)
+        if big.all():
+            return _from_nanoseconds(whole.astype(np.int64) * 1_000_000, "unix milliseconds")
+        fraction = number - whole
+        subsecond = np.round(fraction * 1e9).astype(np.int64) if fraction.any() else None
+        return _times(whole.astype(np.int64), subsecond, "unix seconds")
     stamps = pd.to_datetime(values.astype(str).str.strip(), format="ISO8601", utc=True, errors="coerce")
     if (pos := _first_bad(stamps.isna())) is not None:
         raise _fail(src, col, "is not unix seconds or an ISO 8601 date (YYYY-MM-DD[THH:MM:SS])", pos)
-    return _seconds(stamps)
+    return _from_nanoseconds(_nanoseconds(stamps), "ISO 8601 text")
 
 
-def _seconds(stamps: pd.Series) -> np.ndarray:
-    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+def unix_seconds(src: Source, col: str) -> np.ndarray:
+    """Event times as UTC unix seconds (see :func:`event_times`)."""
+    return event_times(src, col).seconds
+
+
+def _nanoseconds(stamps: pd.Series) -> np.ndarray:
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(nanoseconds=1)).to_numpy(dtype=np.int64)
+
+
+def _from_nanoseconds(ns: np.ndarray, unit: str) -> EventTimes:
+    seconds, subsecond = np.divmod(ns, 1_000_000_000)
+    return _times(seconds, subsecond if subsecond.any() else None, unit)
+
+
+def _times(seconds: np.ndarray, subsecond: np.ndarray | None, unit: str) -> EventTimes:
+    # Several events, all at one time of day: a date-only column (midnight UTC, or a local one).
+    date_only = subsecond is None and len(seconds) > 1 and np.unique(seconds % 86_400).size == 1
+    return EventTimes(seconds.astype(np.int64), subsecond, unit, bool(date_only))
 
 
 # ----------------------------------------------------------------------------- events and titles
 @dataclass
 class LabelRule:
-    column: str
+    column: str | None  # None: every event is a positive (--negatives samples the negatives)
     threshold: float | None  # None: the column already holds 0/1 labels
 
     def describe(self) -> str:
+        if self.column is None:
+            return "every event is a positive (--negatives)"
         return f"column '{self.column}' (0/1)" if self.threshold is None else f"{self.column} >= {self.threshold:g}"
 
 
-def choose_label(src: Source, rating: str | None, label: str | None, threshold: float | None) -> LabelRule:
+def choose_label(src: Source, rating: str | None, label: str | None, threshold: float | None,
+                 negatives: int | None = None) -> LabelRule:
+    if negatives is not None:
+        return LabelRule(None, None)  # _check_options refused --rating / --label with --negatives
     if label is not None:
         return LabelRule(find_column(src, "label", label), None)
     if rating is not None or threshold is not None:
@@ -296,25 +364,47 @@ def choose_label(src: Source, rating: str | None, label: str | None, threshold: 
         return LabelRule(rating_col, DEFAULT_THRESHOLD)
     raise CoraError(f"{src.path}: no rating or label column (looked for {', '.join(CANDIDATES['rating'])}, "
                     f"{', '.join(CANDIDATES['label'])}); columns are {_names(list(src.table.columns))}; "
-                    "pass --rating COL or --label COL")
+                    "pass --rating COL or --label COL, or --negatives N for a log of positives only (clicks, plays)")
 
 
-def read_events(src: Source, cols: dict[str, str], rule: LabelRule) -> pd.DataFrame:
-    """user, item, label, timestamp per row, in file order, with every value checked."""
+def read_events(src: Source, cols: dict[str, str], rule: LabelRule,
+                duplicates: str = "error") -> tuple[pd.DataFrame, EventTimes, dict]:
+    """user, item, label, timestamp (+ subsecond where the times have it) per row, in file order,
+    with every value checked; the times as read; what ``duplicates`` removed."""
     events = pd.DataFrame({"user": ids_as_text(src, cols["user"]), "item": ids_as_text(src, cols["item"])})
-    if rule.threshold is None:
+    if rule.column is None:
+        events["label"] = np.ones(len(events), dtype=np.int64)
+    elif rule.threshold is None:
         events["label"] = labels(src, rule.column)
     else:
         events["label"] = (numbers(src, rule.column, "a number") >= rule.threshold).astype(np.int64)
-    events["timestamp"] = unix_seconds(src, cols["time"])
-    dup = events.duplicated(["user", "item", "timestamp"], keep=False).to_numpy()
-    if (pos := _first_bad(dup)) is not None:
+    times = event_times(src, cols["time"])
+    events["timestamp"] = times.seconds
+    if times.subsecond is not None:
+        events["subsecond"] = times.subsecond
+    events, removed = drop_duplicates(src, cols, events, duplicates)
+    return events, times, removed
+
+
+def drop_duplicates(src: Source, cols: dict[str, str], events: pd.DataFrame,
+                    policy: str) -> tuple[pd.DataFrame, dict]:
+    """Events with the same user, item and time: an error (``error``), or all but the first
+    (``drop``) or the last (``keep-last``) of each set removed, in file order."""
+    key = ["user", "item", "timestamp"] + (["subsecond"] if "subsecond" in events.columns else [])
+    dup = events.duplicated(key, keep=False).to_numpy()
+    facts = {"policy": policy, "events_removed": 0, "sets_with_both_labels": 0}
+    if (pos := _first_bad(dup)) is None:
+        return events, facts
+    if policy == "error":
         first = events.iloc[pos]
-        same = events[(events["user"] == first["user"]) & (events["item"] == first["item"])
-                      & (events["timestamp"] == first["timestamp"])]
+        same = events[(events[key] == first[key]).all(axis=1)]
         raise CoraError(f"{src.path}: duplicate event (same '{cols['user']}', '{cols['item']}', '{cols['time']}') "
-                        f"at {src.example(same.index[0])}; again at {src.where(same.index[1])}; keep one row per event")
-    return events
+                        f"at {src.example(same.index[0])}; again at {src.where(same.index[1])}; keep one row per "
+                        "event or pass --duplicates drop|keep-last")
+    sets = events[dup].groupby(key, sort=False)["label"].nunique()
+    kept = events[~events.duplicated(key, keep="first" if policy == "drop" else "last").to_numpy()]
+    facts.update(events_removed=int(len(events) - len(kept)), sets_with_both_labels=int((sets > 1).sum()))
+    return kept, facts
 
 
 def items_table(src: Source, item_col: str | None, title_col: str | None) -> tuple[pd.DataFrame, str, str]:
@@ -371,21 +461,23 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
                         title: str | None = None, split_dates: str | Sequence[str] | None = None,
                         split_fractions: str | Sequence[float] | None = None, domain: str = DEFAULT_DOMAIN,
                         valid_small_frac: float = VALID_SMALL_FRACTION, seed: int = VALID_SMALL_SEED,
+                        negatives: int | None = None, duplicates: str = "error", encoding: str = "utf-8",
                         name: str | None = None, overwrite: bool = False) -> dict:
     """Build ``out`` (train / valid / valid_small / test + meta.json + users / items tables) from
     an event log; see the module doc for the protocol. Nothing is written unless all succeeds."""
     interactions, out = Path(interactions), Path(out)
     windows, fracs = _check_options(out, rating, label, positive_threshold, split_dates, split_fractions,
-                                    valid_small_frac, seed, domain, overwrite)
+                                    valid_small_frac, seed, domain, overwrite, negatives, duplicates, encoding)
     fmt = infer_format(interactions, fmt)
     items_path = _items_path(interactions, items, fmt)
-    src = read_source(interactions, fmt)
+    src = read_source(interactions, fmt, encoding)
     cols = {r: find_column(src, r, g) for r, g in (("user", user), ("item", item), ("time", time))}
-    rule = choose_label(src, rating, label, positive_threshold)
-    events = read_events(src, cols, rule)
+    rule = choose_label(src, rating, label, positive_threshold, negatives)
+    events, times, removed = read_events(src, cols, rule, duplicates)
 
     if items_path is not None:
-        items_src = read_source(items_path, infer_format(items_path, "recbole" if fmt == "recbole" else None))
+        items_src = read_source(items_path, infer_format(items_path, "recbole" if fmt == "recbole" else None),
+                                encoding)
         catalogue, _, title_col = items_table(items_src, cols["item"], title)
         titles_path = items_path
     else:
@@ -401,7 +493,15 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
     # Users sort by first appearance in the file (ML-1M's ratings.dat: by user id).
     user_rank, raw_users = pd.factorize(events["user"])
     data = order_events(tie_order(events.assign(user=user_rank)), windows)
-    table, user_ranks, item_keys = build_table(data)
+    report = {"times": {"column": cols["time"], "unit": times.unit, "date_only": times.date_only,
+                        **time_ties(data, windows)},
+              "duplicates": removed, "reinteractions": reinteractions(events)}
+    if negatives is not None:
+        data, report["negatives"] = insert_negatives(data, negatives, seed, user_rank, events["item"].to_numpy(),
+                                                     user_name=lambda code: raw_users[code])
+        report["columns_ignored"] = [c for c in (find_column(src, r, None, required=False)
+                                                 for r in ("rating", "label")) if c is not None]
+    table, histories, user_ranks, item_keys = build_table(data)
     splits = make_splits(table, frac=valid_small_frac, seed=seed,
                          empty=_empty_message(interactions, cols["time"], windows, events, fracs, valid_small_frac))
     users = pd.DataFrame({"uid": np.arange(1, len(user_ranks) + 1),
@@ -409,14 +509,24 @@ def import_interactions(interactions: str | Path, out: str | Path, *, items: str
     item_rows = pd.DataFrame({"iid": np.arange(1, len(item_keys) + 1), "item": np.asarray(item_keys, dtype=object)})
     item_rows = item_rows.merge(catalogue, on="item", how="left")
     source = _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, fracs, src, data,
-                          valid_small_frac, seed)
+                          valid_small_frac, seed) | report | ({} if fmt == "parquet" else {"encoding": encoding})
     return write_with_id_maps(out, splits, users, item_rows, name=name or out.name, domain=domain, source=source,
-                              overwrite=overwrite)
+                              overwrite=overwrite, histories=histories)
 
 
 def _check_options(out: Path, rating, label, threshold, split_dates, split_fractions, valid_small_frac, seed,
-                   domain, overwrite) -> tuple[SplitWindows | None, tuple[float, float, float] | None]:
+                   domain, overwrite, negatives=None, duplicates="error",
+                   encoding="utf-8") -> tuple[SplitWindows | None, tuple[float, float, float] | None]:
     """Everything that needs no file, checked before minutes of reading."""
+    if negatives is not None and (rating is not None or label is not None or threshold is not None):
+        raise CoraError("--negatives makes every event a positive and samples the negatives; drop --rating, --label "
+                        "and --positive-threshold (or drop --negatives to label events by a column)")
+    if duplicates not in DUPLICATES:
+        raise CoraError(f"--duplicates {duplicates}: choose from {', '.join(DUPLICATES)}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CoraError(f"--encoding {encoding}: unknown encoding (e.g. utf-8, latin-1, cp1252)") from None
     if label is not None and threshold is not None:
         raise CoraError("--positive-threshold goes with a rating column, not with --label (a 0/1 column)")
     if label is not None and rating is not None:
@@ -426,7 +536,8 @@ def _check_options(out: Path, rating, label, threshold, split_dates, split_fract
     if not domain.strip():
         raise CoraError("--domain: give a plural noun for the prompt, e.g. movies, books, items")
     # The numbers by the one range table (ranges.RANGES['options']), named as the flags.
-    check_flags("options", {"positive_threshold": threshold, "valid_small_frac": valid_small_frac, "seed": seed})
+    check_flags("options", {"positive_threshold": threshold, "valid_small_frac": valid_small_frac, "seed": seed,
+                            "negatives": negatives})
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise CoraError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)"
                         if out.is_dir() else f"{out}: exists and is not a folder")
@@ -473,9 +584,10 @@ def _source_meta(interactions, items_path, fmt, cols, rule, title_col, windows, 
         "protocol": "collm (generalised): window, label, (user, time) order, [0] + earlier positives",
         "sha256": sha256_file(interactions),  # of the interactions file, as source.sha256 of other importers
         "interactions": {"path": str(interactions.resolve()), "bytes": interactions.stat().st_size,
-                         "rows": int(len(src.table))},
+                         "rows": len(src.table)},
         **({"items": file_meta(items_path)} if items_path is not None else {}),
-        "columns": {**cols, "label" if rule.threshold is None else "rating": rule.column, "title": title_col},
+        "columns": {**cols, **({} if rule.column is None else
+                               {"label" if rule.threshold is None else "rating": rule.column}), "title": title_col},
         "label": rule.describe(),
         "split": {"by": "dates" if fracs is None else f"fractions {','.join(f'{f:g}' for f in fracs)}",
                   **windows.to_meta()},

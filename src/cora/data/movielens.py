@@ -26,14 +26,21 @@ import hashlib
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from cora.data.protocol import build_table, make_splits, order_events, parse_split_dates, sample_split, tie_order
+from cora.data.protocol import (
+    build_table,
+    make_splits,
+    order_events,
+    parse_split_dates,
+    sample_split,
+    tie_order,
+)
 from cora.data.store import write_with_id_maps
 from cora.errors import CoraError
 from cora.io import sha256_file
@@ -202,11 +209,12 @@ def _join_titles(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
     return tie_order(events)
 
 
-def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> tuple[dict[str, pd.DataFrame], pd.Index, pd.Index]:
+def _protocol_splits(joined: pd.DataFrame,
+                     ratings_label: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.Index, pd.Index]:
     """The shared protocol (cora.data.protocol): windows, (uid, time) order, histories, ids.
-    Also returns the raw user and movie ids of uids / iids 1..N, for the id maps."""
+    Also returns the per-user histories and the raw user and movie ids of uids / iids 1..N."""
     events = joined.assign(label=(joined["rating"] >= POSITIVE_RATING).astype("int64"))
-    table, users, items = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))
+    table, histories, users, items = build_table(order_events(events, parse_split_dates(SPLIT_DATES)))
 
     def empty(split: str, valid_rows: int) -> str:
         if split == "valid_small":
@@ -214,7 +222,7 @@ def _protocol_splits(joined: pd.DataFrame, ratings_label: str) -> tuple[dict[str
         return (f"{ratings_label}: no ratings fall in the {split} window ({SPLIT_WINDOWS[split]}, UTC); "
                 "is this the ML-1M ratings file?")
 
-    return make_splits(table, frac=VALID_SMALL_FRACTION, seed=VALID_SMALL_SEED, empty=empty), users, items
+    return make_splits(table, frac=VALID_SMALL_FRACTION, seed=VALID_SMALL_SEED, empty=empty), histories, users, items
 
 
 def sample_valid_small(valid: pd.DataFrame) -> pd.DataFrame:
@@ -239,14 +247,14 @@ def prepare_movielens(raw: str | Path, out: str | Path, *, overwrite: bool = Fal
     ratings, ratings_sha = _read_ratings(ratings_file)
     movies = _read_movies(files[MOVIES_FILE])
     joined = _join_titles(ratings, movies)
-    splits, users, items = _protocol_splits(joined, ratings_file.label)
+    splits, histories, users, items = _protocol_splits(joined, ratings_file.label)
     source = {
         "path": str(raw.resolve()),
         "format": "grouplens-ml-1m",
         "protocol": "collm-ood2",
         "ratings_file": ratings_file.label,
         "ratings_sha256": ratings_sha,  # of the uncompressed ratings.dat bytes
-        "ratings_read": int(len(ratings)),
+        "ratings_read": len(ratings),
         "ratings_without_movie": int(len(ratings) - len(joined)),
         "valid_small": f"sample(frac={VALID_SMALL_FRACTION}, seed={VALID_SMALL_SEED}) of valid",
     }
@@ -256,4 +264,4 @@ def prepare_movielens(raw: str | Path, out: str | Path, *, overwrite: bool = Fal
     item_rows = pd.DataFrame({"iid": np.arange(1, len(items) + 1), "item": np.asarray(items, dtype=np.int64)})
     item_rows = item_rows.merge(movies.rename(columns={"iid": "item"}), on="item", how="left")
     return write_with_id_maps(out, splits, user_rows, item_rows, name="ml-1m", domain="movies", source=source,
-                              overwrite=overwrite)
+                              overwrite=overwrite, histories=histories)

@@ -3,7 +3,8 @@
 ``cora data prepare movielens``, ``cora data prepare amazon-book`` and ``cora data
 import-interactions`` (your own log) all build their tables here: time windows -> split flags,
 rows ordered by (user, time), each row's history of the user's earlier positives over all
-splits, ids by first appearance, ``not_cold``, and CoLLM's ``valid_small`` sample. The steps are
+splits (stored once per user: :mod:`cora.data.histories`), ids by first appearance, ``not_cold``,
+and CoLLM's ``valid_small`` sample. The steps are
 described in :mod:`cora.data.interactions` (the user-facing importer).
 """
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from cora.data.histories import positive_histories
 from cora.errors import CoraError
 
 SPLIT_NAMES = ("train", "valid", "test")  # flag 0, 1, 2; -1 = outside the window
@@ -52,49 +54,36 @@ def order_events(events: pd.DataFrame, windows: SplitWindows) -> pd.DataFrame:
     """Rows inside the window with their split ``flag``, sorted by (user, timestamp).
 
     ``events`` has columns user (a sort key), item, label, timestamp, title, in tie order: the
-    sort is stable, so rows of one user in one second keep the order they come in.
+    sort is stable, so rows of one user in one second keep the order they come in, unless a
+    ``subsecond`` column (nanoseconds, from millisecond or fractional times) orders them.
     """
     flags = windows.flags(events["timestamp"].to_numpy(dtype=np.int64))
     kept = events[flags >= 0].assign(flag=flags[flags >= 0])
-    return kept.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
+    by = ["user", "timestamp"] + (["subsecond"] if "subsecond" in kept.columns else [])
+    return kept.sort_values(by, kind="stable").reset_index(drop=True)
 
 
-def histories(data: pd.DataFrame, items: np.ndarray) -> tuple[list[list[int]], list[list[str]]]:
-    """Per row: [0] + the user's earlier positive items (any split), and their titles after ''.
-
-    ``data`` is sorted by user then time, so each user's positives are one contiguous run of
-    the positives array; a row's history is that run cut at the positives seen before it.
-    """
-    label = data["label"].to_numpy()
-    positive = label == 1
-    pos_items = items[positive]
-    pos_titles = data["title"].to_numpy(dtype=object)[positive]
-    end = np.cumsum(label) - label  # positives in all earlier rows
-    start = pd.Series(end).groupby(data["user"].to_numpy()).transform("first").to_numpy()
-    his = [[0] + pos_items[s:e].tolist() for s, e in zip(start, end)]
-    his_title = [[""] + pos_titles[s:e].tolist() for s, e in zip(start, end)]
-    return his, his_title
-
-
-def build_table(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
+def build_table(data: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index, pd.Index]:
     """Re-index users and items 1..N by first appearance, add histories and not_cold.
 
-    Returns the table (with ``flag``) and the original user / item keys of ids 1..N.
+    A row's history is ``[0]`` + the user's positive items in the rows before it (any split):
+    stored as the row's ``his_len`` and one per-user table (:func:`positive_histories`), not as
+    per-row lists (see :mod:`cora.data.histories`). Returns the table (with ``flag``), the
+    per-user histories and the original user / item keys of ids 1..N.
     """
     uid, users = pd.factorize(data["user"])
     iid, items = pd.factorize(data["item"])
     uid, iid = uid + 1, iid + 1
-    his, his_title = histories(data, iid)
+    label = data["label"].to_numpy()
+    his_len, histories = positive_histories(uid, iid, label, data["title"].to_numpy(dtype=object))
     table = pd.DataFrame({
-        "uid": uid, "iid": iid, "label": data["label"].to_numpy(), "timestamp": data["timestamp"].to_numpy(),
-        # object Series: a plain list of equal-length lists would be read as a 2-D array
-        "his": pd.Series(his, dtype=object), "his_title": pd.Series(his_title, dtype=object),
-        "title": data["title"].to_numpy(dtype=object), "flag": data["flag"].to_numpy(),
+        "uid": uid, "iid": iid, "label": label, "timestamp": data["timestamp"].to_numpy(),
+        "his_len": his_len, "title": data["title"].to_numpy(dtype=object), "flag": data["flag"].to_numpy(),
     })
     train = table["flag"] == 0
     warm = np.isin(uid, uid[train]) & np.isin(iid, iid[train])
     table["not_cold"] = warm.astype("int64")
-    return table, users, items
+    return table, histories, users, items
 
 
 def sample_split(valid: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """The interaction-table schema shared by CoLLM, BinLLM and CoRA (DESIGN sec. 3).
 
 One row per user-item event. Ids start at 1; 0 is padding (``his`` starts with a 0 pad, as in
-the reference data).
+the reference data). On disk a row holds either its own ``his`` / ``his_title`` (:data:`COLUMNS`)
+or, with the user's history stored once (:mod:`cora.data.histories`), only ``his_len``
+(:data:`STORED_COLUMNS`); readers always get :data:`COLUMNS`.
 """
 
 from __future__ import annotations
@@ -14,20 +16,25 @@ from cora.errors import CoraError
 COLUMNS = ["uid", "iid", "label", "timestamp", "his", "his_title", "title", "not_cold"]
 SPLITS = ["train", "valid", "valid_small", "test"]
 INT_COLUMNS = ["uid", "iid", "label", "timestamp", "not_cold"]
+# A row whose history lives in histories.parquet: his = the user's his[:his_len + 1].
+STORED_COLUMNS = ["uid", "iid", "label", "timestamp", "his_len", "title", "not_cold"]
 
 
 def validate_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check ``df`` against the schema and return it with canonical dtypes and column order.
+    """Check ``df`` against the schema and return it with canonical dtypes and column order:
+    :data:`COLUMNS`, or :data:`STORED_COLUMNS` for a table with ``his_len`` instead of histories.
 
     ``source`` names the file (or file:split) in error messages.
     """
-    missing = [c for c in COLUMNS if c not in df.columns]
+    per_user = "his_len" in df.columns and "his" not in df.columns
+    columns = STORED_COLUMNS if per_user else COLUMNS
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise CoraError(f"{source}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+        raise CoraError(f"{source}: missing column(s) {', '.join(missing)} (expected {', '.join(columns)})")
     if len(df) == 0:
         raise CoraError(f"{source}: table has no rows")
     out = pd.DataFrame(index=range(len(df)))
-    for col in INT_COLUMNS:
+    for col in INT_COLUMNS + (["his_len"] if per_user else []):
         values = pd.to_numeric(df[col].reset_index(drop=True), errors="coerce")
         if values.isna().any():
             row = int(values.isna().to_numpy().nonzero()[0][0])
@@ -45,12 +52,16 @@ def validate_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
             raise CoraError(f"{source}: field '{col}' must be 0 or 1; found {out[col][row]} at row {row}")
-    out["his"] = _list_column(df["his"], source, "his", int)
-    out["his_title"] = _list_column(df["his_title"], source, "his_title", str)
     titles = df["title"].reset_index(drop=True)
     if titles.isna().any():
         raise CoraError(f"{source}: field 'title' is missing at row {int(titles.isna().to_numpy().nonzero()[0][0])}")
     out["title"] = titles.map(str)
+    if per_user:
+        if (out["his_len"] < 0).any():
+            raise CoraError(f"{source}: field 'his_len' must be >= 0")
+        return out[STORED_COLUMNS]
+    out["his"] = _list_column(df["his"], source, "his", int)
+    out["his_title"] = _list_column(df["his_title"], source, "his_title", str)
     bad_his = out["his"].map(lambda h: any(x < 0 for x in h))
     if bad_his.any():
         raise CoraError(f"{source}: field 'his' holds a negative item id at row {int(bad_his.to_numpy().nonzero()[0][0])}")
