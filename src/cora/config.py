@@ -112,6 +112,11 @@ class CFConfig(_YamlConfig):
     # "reference" (the reference code's block; new runs, via CF_DEFAULTS) or "preln" (textbook
     # pre-LN; the value a config.yaml without this field means)
     sas_block: str = setting("preln", Choice(*SAS_BLOCKS), "SASRec block: reference (the reference code's) | preln.")
+    # MF's optimiser. "adam" is the reference's (dense Adam with L2 on every row at every step);
+    # "sparse-adam" updates only the batch's rows (sparse embeddings + SparseAdam, L2 on those
+    # rows): faster steps, other numbers (docs/own-data.md).
+    optimizer: str = setting("adam", Choice("adam", "sparse-adam"), "MF optimiser: adam (the reference's: dense, "
+                             "L2 on every row each step) | sparse-adam (only the batch's rows; other numbers).")
     extra: dict = setting(spec=_DICT, help="Free-form notes kept with the run.", factory=dict)
 
     @classmethod

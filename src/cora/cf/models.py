@@ -39,10 +39,11 @@ class MatrixFactorization(CFModel):
 
     name = "mf"
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 256, init_std: float = 0.1):
+    def __init__(self, n_users: int, n_items: int, dim: int = 256, init_std: float = 0.1, sparse: bool = False):
         super().__init__(n_users, n_items, dim)
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
+        # sparse: gradients only for the batch's rows (for torch.optim.SparseAdam)
+        self.user = nn.Embedding(n_users, dim, sparse=sparse)
+        self.item = nn.Embedding(n_items, dim, sparse=sparse)
         nn.init.normal_(self.user.weight, std=init_std)
         nn.init.normal_(self.item.weight, std=init_std)
 
@@ -222,8 +223,11 @@ class SASRec(CFModel):
 
 def build_cf_model(cfg, n_users: int, n_items: int) -> CFModel:
     """Instantiate the model named by a :class:`cora.config.CFConfig`."""
+    if getattr(cfg, "optimizer", "adam") == "sparse-adam" and cfg.model != "mf":
+        raise CoraError(f"--optimizer sparse-adam is for mf, not {cfg.model} (its steps touch every row)")
     if cfg.model == "mf":
-        return MatrixFactorization(n_users, n_items, cfg.dim, init_std=cfg.init_std)
+        return MatrixFactorization(n_users, n_items, cfg.dim, init_std=cfg.init_std,
+                                   sparse=getattr(cfg, "optimizer", "adam") == "sparse-adam")
     if cfg.model == "lightgcn":
         return LightGCN(n_users, n_items, cfg.dim, n_layers=cfg.gcn_layers, init_std=cfg.init_std)
     if cfg.model == "sasrec":

@@ -36,6 +36,24 @@ from cora.progress import progress_bar
 from cora.safe_state import has_state, read_state, save_tensor_file, write_state
 
 
+def make_optimizer(model: CFModel, cfg: CFConfig) -> torch.optim.Optimizer:
+    """The reference's Adam with L2 (``weight_decay``: every row, every step; its moments also
+    move rows the batch does not hold), or, for MF with ``optimizer: sparse-adam``, SparseAdam
+    over sparse embedding gradients: only the batch's rows change, L2 on those rows only
+    (:func:`_batch_l2`). Not the same optimisation, so not the same numbers (docs/own-data.md)."""
+    if cfg.optimizer == "sparse-adam":
+        return torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _batch_l2(model: CFModel, batch: dict[str, torch.Tensor], cfg: CFConfig) -> torch.Tensor | float:
+    """sparse-adam's L2: weight_decay / 2 * the squared norm of each looked-up row (the gradient
+    Adam's weight_decay adds, for the rows in the batch)."""
+    if cfg.optimizer != "sparse-adam":
+        return 0.0
+    return cfg.weight_decay / 2 * (model.user(batch["uid"]).pow(2).sum() + model.item(batch["iid"]).pow(2).sum())
+
+
 def _history_len(model: CFModel, cfg: CFConfig) -> int:
     return cfg.max_len if model.uses_history else 0
 
@@ -131,7 +149,7 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
     valid_df = ds.split("valid")
     # Selection needs only the full-valid AUC; tensors are built once, not per epoch.
     valid_t = table_tensors(valid_df, max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
 
     start_epoch, best, bad, elapsed_before, log_bytes = 0, {"auc": -1.0, "epoch": -1}, 0, 0.0, 0
     best_part = out / "model.safetensors.part"
@@ -167,7 +185,7 @@ def _train_cf(cfg: CFConfig, out: Path, resume: bool, show_progress: bool) -> di
             model.train()
             total = 0.0
             for batch in batches(train_t, cfg.batch_size, shuffle=True, generator=gen):
-                loss = F.binary_cross_entropy_with_logits(model(batch), batch["label"])
+                loss = F.binary_cross_entropy_with_logits(model(batch), batch["label"]) + _batch_l2(model, batch, cfg)
                 if not torch.isfinite(loss):
                     raise CoraError(f"{cfg.model}: loss became {loss.item()} at epoch {epoch}; lower --lr")
                 opt.zero_grad(set_to_none=True)
