@@ -106,20 +106,24 @@ def random_split(n: int, tokens: int, vocab: int, bos: int, seed: int) -> Encode
 
 
 def saved_bytes(method, batch, params: set[int]) -> int:
-    """Bytes autograd keeps for the backward pass of one training forward (parameters and repeats
-    of one storage not counted); nothing is kept: this forward is never run backward."""
-    seen: dict[int, int] = {}
+    """Bytes autograd keeps for the backward pass of one training forward: distinct storages,
+    parameters not counted. The tensors are held until the count is taken (a dropped tensor's
+    address would be reused by the next one and counted once); the graph is then dropped
+    without a backward pass."""
+    held: dict[int, torch.Tensor] = {}
 
     def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return None
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            held[storage.data_ptr()] = t
+        return t
 
     method.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
-        method(batch)
-    return sum(seen.values())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = method(batch)
+    total = sum(t.untyped_storage().nbytes() for t in held.values())
+    del out, held
+    return total
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -52,8 +51,8 @@ def _print_meta(meta: dict, out: Path) -> None:
 @download_app.command("movielens")
 def data_download_movielens(
     out: Path = typer.Option(..., "--out", help="Where to save ml-1m.zip (a file path, or a folder)."),
-    url: Optional[str] = typer.Option(None, help="Override the download URL (mirrors, tests)."),
-    sha256: Optional[str] = typer.Option(None, help="Override the expected sha256."),
+    url: str | None = typer.Option(None, help="Override the download URL (mirrors, tests)."),
+    sha256: str | None = typer.Option(None, help="Override the expected sha256."),
 ) -> None:
     """Download ML-1M (ml-1m.zip) from GroupLens and check its sha256."""
     from cora.data.download import download_movielens
@@ -67,8 +66,8 @@ def data_import_collm(
     src: Path = typer.Argument(..., help="CoLLM-format zip or folder (train_ood2.pkl, valid_ood2.pkl, test_ood2.pkl)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling (runs code from the file)."),
-    name: Optional[str] = typer.Option(None, help="Dataset name (default: from the file layout)."),
-    domain: Optional[str] = typer.Option(None, help="Domain word for prompts: movies or books."),
+    name: str | None = typer.Option(None, help="Dataset name (default: from the file layout)."),
+    domain: str | None = typer.Option(None, help="Domain word for prompts: movies or books."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Import CoLLM / BinLLM / CoRA pickled splits into Parquet + meta.json."""
@@ -84,21 +83,21 @@ def data_import_interactions(
                                         help="One row per event: user, item, rating or 0/1 label, time "
                                         "(unix seconds or ISO date, UTC). csv, tsv, parquet or RecBole .inter."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to create."),
-    items: Optional[Path] = typer.Option(None, "--items", help="Item id -> title (+ other columns, kept in "
+    items: Path | None = typer.Option(None, "--items", help="Item id -> title (+ other columns, kept in "
                                          "items.parquet). RecBole: the .item beside the .inter by default."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv | tsv | parquet | recbole (default: by file name)."),
-    user: Optional[str] = typer.Option(None, "--user", metavar="COL", help="User column (default: detected)."),
-    item: Optional[str] = typer.Option(None, "--item", metavar="COL", help="Item column (default: detected)."),
-    time: Optional[str] = typer.Option(None, "--time", metavar="COL", help="Time column (default: detected)."),
-    rating: Optional[str] = typer.Option(None, "--rating", metavar="COL", help="Rating column (label = rating >= threshold)."),
-    positive_threshold: Optional[float] = typer.Option(None, "--positive-threshold", metavar="X",
+    fmt: str | None = typer.Option(None, "--format", help="csv | tsv | parquet | recbole (default: by file name)."),
+    user: str | None = typer.Option(None, "--user", metavar="COL", help="User column (default: detected)."),
+    item: str | None = typer.Option(None, "--item", metavar="COL", help="Item column (default: detected)."),
+    time: str | None = typer.Option(None, "--time", metavar="COL", help="Time column (default: detected)."),
+    rating: str | None = typer.Option(None, "--rating", metavar="COL", help="Rating column (label = rating >= threshold)."),
+    positive_threshold: float | None = typer.Option(None, "--positive-threshold", metavar="X",
                                                        help="Ratings >= X are positives (default 4)."),
-    label: Optional[str] = typer.Option(None, "--label", metavar="COL", help="A 0/1 label column instead of a rating."),
-    title: Optional[str] = typer.Option(None, "--title", metavar="COL", help="Title column of --items (or of "
+    label: str | None = typer.Option(None, "--label", metavar="COL", help="A 0/1 label column instead of a rating."),
+    title: str | None = typer.Option(None, "--title", metavar="COL", help="Title column of --items (or of "
                                         "INTERACTIONS without --items)."),
-    split_dates: Optional[str] = typer.Option(None, "--split-dates", metavar="TRAIN_START,VALID_START,TEST_START,END",
+    split_dates: str | None = typer.Option(None, "--split-dates", metavar="TRAIN_START,VALID_START,TEST_START,END",
                                               help="UTC dates; each split is [start, next start); rows outside dropped."),
-    split_fractions: Optional[str] = typer.Option(None, "--split-fractions", metavar="TRAIN,VALID,TEST",
+    split_fractions: str | None = typer.Option(None, "--split-fractions", metavar="TRAIN,VALID,TEST",
                                                   help="Cut the time line at these shares of events (default 0.8,0.1,0.1)."),
     domain: str = typer.Option("items", "--domain", metavar="WORD", help="Plural noun for prompts: movies, books, ..."),
     valid_small_frac: float = typer.Option(0.5, "--valid-small-frac", help="Share of valid sampled as valid_small."),
@@ -188,8 +187,8 @@ def cf_train(
 def cf_evaluate(
     run: Path = typer.Argument(..., help="CF run folder."),
     split: str = typer.Option("test", help="valid | test"),
-    limit: Optional[int] = typer.Option(None, help="Score the same ~N-row seeded sample as 'cora evaluate --limit N'."),
-    per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
+    limit: int | None = typer.Option(None, help="Score the same ~N-row seeded sample as 'cora evaluate --limit N'."),
+    per_user: int | None = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
                                            "(default 10: the sample spreads over ~N/10 users)."),
     whole_users: bool = typer.Option(False, "--whole-users", help="With --limit: keep every row of each drawn user."),
 ) -> None:
@@ -207,7 +206,7 @@ def cf_evaluate(
 @config_options(LLMConfig)
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override its fields."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config; flags override its fields."),
     stage_from: list[str] = typer.Option([], "--stage-from", metavar="STAGE=RUN",
                                          help="Take a stage from a finished run instead of training it "
                                               "(CoLLM / BinLLM: lora=TALLREC_RUN / text=TALLREC_RUN)."),
@@ -215,6 +214,10 @@ def train_cmd(
     keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
                                          help="Keep checkpoint/ (last weights + optimizer state) when the run "
                                               "finishes; by default a finished run deletes it."),
+    allow_changed: str | None = typer.Option(None, "--allow-changed", metavar="FIELDS",
+                                                help="With --resume: settings that may differ from the run's, "
+                                                     "comma-separated, from lr, dtype, attention (recorded in "
+                                                     "resume_changes.json)."),
     settings: dict = None,
 ) -> None:
     """Train an LLM method (CoRA by default) with the one training loop; writes a run folder.
@@ -233,8 +236,11 @@ def train_cmd(
         raise CoraError("--data is required (or a 'data' field in --config)")
     if bad := [s for s in stage_from if "=" not in s]:
         raise CoraError(f"--stage-from {bad[0]}: write STAGE=RUN, e.g. lora=runs/tallrec")
+    changeable = {f.strip() for f in (allow_changed or "").split(",") if f.strip()}
+    if changeable and not resume:
+        raise CoraError("--allow-changed is for --resume (a new run has nothing to change)")
     summary = train_run(cfg, out, resume=resume, stage_from=dict(s.split("=", 1) for s in stage_from),
-                        keep_checkpoint=keep_checkpoint)
+                        keep_checkpoint=keep_checkpoint, allow_changed=changeable)
     console.print_json(json.dumps(summary))
 
 
@@ -242,17 +248,17 @@ def train_cmd(
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
     split: str = typer.Option("test", help="valid | valid_small | test"),
-    limit: Optional[int] = typer.Option(None, help="Score a seeded sample of ~N rows (<= --per-user rows of each "
+    limit: int | None = typer.Option(None, help="Score a seeded sample of ~N rows (<= --per-user rows of each "
                                         "drawn user)."),
-    per_user: Optional[int] = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
+    per_user: int | None = typer.Option(None, "--per-user", help="With --limit: at most N rows of each drawn user "
                                            "(default 10: the sample spreads over ~N/10 users)."),
     whole_users: bool = typer.Option(False, "--whole-users", help="With --limit: keep every row of each drawn user."),
     ranking: bool = typer.Option(False, "--ranking", help="Top-K instead: HR@K / NDCG@K of CF alone vs CF + "
                                  "rerank by the run (protocol: cora.serve.ranking)."),
     k: int = typer.Option(10, "--k", help="--ranking: length of the top list."),
     candidates: int = typer.Option(100, "--candidates", help="--ranking: unseen items CF retrieves per user."),
-    limit_users: Optional[int] = typer.Option(None, "--limit-users", help="--ranking: a seeded sample of N users."),
-    cf: Optional[Path] = typer.Option(None, "--cf", help="--ranking: CF run for retrieval (runs without one, e.g. ICL)."),
+    limit_users: int | None = typer.Option(None, "--limit-users", help="--ranking: a seeded sample of N users."),
+    cf: Path | None = typer.Option(None, "--cf", help="--ranking: CF run for retrieval (runs without one, e.g. ICL)."),
     internal_ids: bool = typer.Option(False, "--internal-ids", help="--ranking: the candidates file adds cora's "
                                       "internal ids (uid, iid) beside the dataset's (user, item)."),
 ) -> None:
@@ -303,23 +309,28 @@ def _print_ranking(m: dict, title: str) -> None:
 @app.command("experiment")
 def experiment_cmd(
     config: Path = typer.Argument(..., help="Experiment YAML (see experiments/)."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only the row(s) with this name."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only the row(s) with this name."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild results.md and plots from finished rows."),
-    device: Optional[str] = typer.Option(None, "--device", help="Train and score the LLM rows here (cpu, cuda, "
+    device: str | None = typer.Option(None, "--device", help="Train and score the LLM rows here (cpu, cuda, "
                                          "cuda:N, auto) instead of the file's llm.device. Where a row ran is "
                                          "recorded, not compared: rows of one table may come from several devices."),
     tf32: bool = typer.Option(False, "--tf32", help="With a CUDA --device: fp32 matrix products on TF32 tensor "
                               "cores (recorded in each run's config.yaml and the table)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="The LLM rows' backbone instead of the file's "
+                                        "llm.backbone (e.g. a local folder for the file's hub id); a setting: "
+                                        "recorded, and a run trained with another backbone is not resumed."),
+    dtype: str | None = typer.Option(None, "--dtype", help="The LLM rows' precision (fp32 | bf16 | fp16) instead "
+                                     "of the file's llm.dtype; rows that name their own dtype keep it."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Run this many trainings at once, each in its own process "
                              "(a training starts when its CF model and stage donor have finished; logs in "
                              "<out>/logs/). On one GPU several small-model trainings fill each other's gaps."),
-    deadline_min: Optional[float] = typer.Option(None, "--deadline-min", min=0.1, help="With --jobs: stop the "
+    deadline_min: float | None = typer.Option(None, "--deadline-min", min=0.1, help="With --jobs: stop the "
                                                  "trainings still running after this many minutes (they resume "
                                                  "from their last checkpoint next time), then write the results."),
     status: bool = typer.Option(False, "--status", help="Say where each training stands (finished, committed, "
                                 "training: stage, step, best valid, last checkpoint, samples/s, time to the step "
                                 "cap at most) from the run folders; trains nothing, writes nothing."),
-    task: Optional[str] = typer.Option(None, "--task", hidden=True, help="One training only (a --jobs worker): "
+    task: str | None = typer.Option(None, "--task", hidden=True, help="One training only (a --jobs worker): "
                                        "'cf:KEY', 'ROW' or 'ROW#SEED'; writes no results."),
 ) -> None:
     """Run every row of an experiment (resuming finished and interrupted rows), then write
@@ -329,24 +340,24 @@ def experiment_cmd(
     from cora.experiment.command import run_command
 
     run_command(config, only=only, report_only=report_only, device=device, tf32=tf32, jobs=jobs,
-                deadline_min=deadline_min, status=status, task=task)
+                deadline_min=deadline_min, status=status, task=task, backbone=backbone, dtype=dtype)
 
 
 @app.command("report")
 def report_cmd(
-    runs: Optional[list[Path]] = typer.Argument(None, help="Run folders (CF or LLM) to compare."),
+    runs: list[Path] | None = typer.Argument(None, help="Run folders (CF or LLM) to compare."),
     split: str = typer.Option("test", help="Metrics key: test, valid, or e.g. test-limit2000."),
-    predictions: Optional[list[Path]] = typer.Option(
+    predictions: list[Path] | None = typer.Option(
         None, "--predictions", help="Instead of run folders: predictions parquet files (uid, iid, label, score, "
         "not_cold) or folders of them, e.g. an experiment's <out>/predictions/. Table, intervals and differences "
         "are recomputed from these files alone. A row is named by the file (NAME-seedN.parquet: seed N of row "
         "NAME); files an experiment wrote carry their row's name, seed and order."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Row the differences are taken to (a row "
+    reference: str | None = typer.Option(None, "--reference", help="Row the differences are taken to (a row "
                                             "name or run folder; default: the first CoRA row, else the first)."),
     resamples: int = typer.Option(1000, "--resamples", min=1000, help="Bootstrap resamples of the test users."),
     bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap resamples."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown here."),
-    plot: Optional[list[str]] = typer.Option(None, "--plot", help="Also draw: warm_cold, text_vs_id, modules "
+    out: Path | None = typer.Option(None, "--out", help="Also write the table as Markdown here."),
+    plot: list[str] | None = typer.Option(None, "--plot", help="Also draw: warm_cold, text_vs_id, modules "
                                              "(PNG beside --out, or in the current folder)."),
 ) -> None:
     """Print one table comparing runs on the same test rows (AUC, UAUC, warm, cold), each number
@@ -358,8 +369,15 @@ def report_cmd(
     from rich.table import Table
 
     from cora.eval.plots import PLOTS
-    from cora.eval.report import (build_report, interval_note, markdown_table, small_sample_warning, table_cells,
-                                  table_columns, verdict_table)
+    from cora.eval.report import (
+        build_report,
+        interval_note,
+        markdown_table,
+        small_sample_warning,
+        table_cells,
+        table_columns,
+        verdict_table,
+    )
     from cora.io import atomic_path
 
     check_options(bootstrap_seed=bootstrap_seed)
@@ -393,12 +411,12 @@ def report_cmd(
 
 @app.command("probe")
 def probe_cmd(
-    runs: Optional[list[Path]] = typer.Argument(None, help="LLM run folders (none: the --backbone alone)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="The frozen-backbone row (default: the first "
+    runs: list[Path] | None = typer.Argument(None, help="LLM run folders (none: the --backbone alone)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="The frozen-backbone row (default: the first "
                                            "run's backbone)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose items are asked about (default: the "
+    data: Path | None = typer.Option(None, "--data", help="Dataset whose items are asked about (default: the "
                                         "first run's)."),
-    movies: Optional[Path] = typer.Option(None, "--movies", help="GroupLens movies.dat: genres joined by exact title "
+    movies: Path | None = typer.Option(None, "--movies", help="GroupLens movies.dat: genres joined by exact title "
                                           "(datasets without genres, e.g. the CoLLM import); alone: its movies."),
     n: int = typer.Option(300, "--n", help="Questions per task."),
     seed: int = typer.Option(0, "--seed", help="Seed of the questions, the CoRA pair and the bootstrap."),
@@ -564,7 +582,7 @@ def _print_metrics(metrics: dict, title: str) -> None:
     t = Table(title=title)
     for c in ("split", "n", "AUC", "UAUC", "warm AUC", "warm UAUC", "cold AUC", "cold UAUC"):
         t.add_column(c, justify="right")
-    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    f = lambda x: "-" if x is None else f"{x:.4f}"
     for split, m in metrics.items():
         if not isinstance(m, dict) or "auc" not in m:
             continue
