@@ -12,6 +12,7 @@ import torch
 from cora.config import LLM_DEFAULTS, NEW_RUN_DEFAULTS, LLMConfig, method_defaults
 from cora.errors import CoraError
 from cora.io import read_yaml_mapping
+from cora.llm.tokenize import slot_positions
 from cora.methods import METHOD_NAMES as METHODS
 from cora.train.run import build_method, train_run
 from cora.train.schedule import warmup_cosine
@@ -145,7 +146,7 @@ def test_prompt4nr_slots_hold_three_vectors_per_id_and_train_with_lora(root):
     assert text.startswith("<s> # Question : <pad> . <pad> . <pad>") and "enjoy the movie ?" in text  # tiny vocab
     with torch.no_grad():
         embeds = method.embed_with_slots(batch)
-    pos = batch["slot_offsets"][0] + batch["input_ids"].shape[1]
+    pos = slot_positions(batch["slot_offsets"], batch["attention_mask"])[0]
     assert torch.equal(embeds[0, pos[:3]], method.slot_prompt[0].detach())  # user slot: first
     assert torch.equal(embeds[0, pos[3:]], method.slot_prompt[1].detach())  # target-item slot
     assert (pos[1:3] - pos[:2] == 2).all()  # "<v>.<v>.<v>": one '.' token between the vectors

@@ -463,7 +463,8 @@ def recommend_cmd(
                                       "adds internal ids (uid, iid)."),
 ) -> None:
     """Top-k items for a user: CF retrieves unseen candidates, the run's LLM method reranks them."""
-    from cora.serve.preflight import RunData, check_k
+    from cora.serve.catalog import check_k
+    from cora.serve.preflight import RunData
 
     check_options(k=k, candidates=candidates)
     if internal_ids:

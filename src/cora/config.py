@@ -341,3 +341,15 @@ def cf_model_of(run: str | Path) -> str | None:
     """The CF model ('mf', 'lightgcn', 'sasrec') of a CF run folder; None where it has no config yet."""
     path = Path(run) / layout.CONFIG
     return read_yaml_mapping(path, "CF run config").get("model") if path.exists() else None
+
+
+def llm_run_config(run: str | Path, cf_hint: str = "use 'cora cf evaluate' for it") -> LLMConfig:
+    """The config of the LLM run folder ``run``, read without loading anything (so a bad folder
+    fails in one line before the first model loads). ``cf_hint``: what to say when it is a CF run."""
+    run = Path(run)
+    if not (run / layout.CONFIG).exists():
+        raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
+    saved = read_yaml_mapping(run / layout.CONFIG, "run config")
+    if "model" in saved and "method" not in saved:
+        raise CoraError(f"{run}: a CF run, not an LLM run ({cf_hint})")
+    return LLMConfig.load(run / layout.CONFIG)

@@ -150,28 +150,24 @@ def scoring_bar(description: str, total: int, enabled: bool) -> Iterator[Callabl
         bar.console.print(f"{description}: {done:,}/{total:,} rows in {duration(now - t0)}, about "
                           f"{duration(left)} left", highlight=False, markup=False)
 
-    if _live and not _live[-1].disable:
-        bar = _live[-1]
-        task = bar.add_task(description, total=total, visible=enabled)
-        try:
-            def advance(rows: int) -> None:
-                nonlocal done
-                done += rows
-                bar.advance(task, rows)
-                log_line(bar)
-            yield advance
-        finally:
-            bar.remove_task(task)
-        return
-    with progress_bar(enabled) as bar:
-        task = bar.add_task(description, total=total)
-
+    def advancer(bar: Progress, task) -> Callable[[int], None]:
         def advance(rows: int) -> None:
             nonlocal done
             done += rows
             bar.advance(task, rows)
             log_line(bar)
-        yield advance
+        return advance
+
+    if _live and not _live[-1].disable:
+        bar = _live[-1]
+        task = bar.add_task(description, total=total, visible=enabled)
+        try:
+            yield advancer(bar, task)
+        finally:
+            bar.remove_task(task)
+        return
+    with progress_bar(enabled) as bar:
+        yield advancer(bar, bar.add_task(description, total=total))
 
 
 class ValidationClock:
@@ -193,22 +189,24 @@ class ValidationClock:
             return "no estimate yet (nothing scored in this process before)"
         return f"about {duration(self.rows / self.rate)} at {self.rate:.1f} rows/s ({self.source})"
 
-    @contextmanager
-    def calibrating(self, rows: int) -> Iterator[None]:
+    def calibrating(self, rows: int):
         """Times the logit calibration (``rows`` training prompts scored like validation rows)."""
-        if self.enabled:
-            err_console().print(f"calibrating the Yes-logit offset on {rows:,} training prompts ...", highlight=False)
-        t0 = time.time()
-        yield
-        self.measured(rows, time.time() - t0, "measured while calibrating")
-        if self.enabled:
-            err_console().print(f"each validation scores {self.rows:,} rows: {self.estimate()}", highlight=False)
+        return self._timed(rows, "measured while calibrating",
+                           before=lambda: f"calibrating the Yes-logit offset on {rows:,} training prompts ...",
+                           after=lambda: f"each validation scores {self.rows:,} rows: {self.estimate()}")
+
+    def validation(self, step: int):
+        """Around one validation: the estimate line before it, its own rate measured after it."""
+        return self._timed(self.rows, "the previous validation's",
+                           before=lambda: f"step {step}: validating on {self.rows:,} rows, {self.estimate()}")
 
     @contextmanager
-    def validation(self, step: int) -> Iterator[None]:
-        """Around one validation: the estimate line before it, its own rate measured after it."""
+    def _timed(self, rows: int, source: str, before, after=None) -> Iterator[None]:
+        """Say ``before()``, run the block, keep its rows/s as the estimate, then say ``after()``."""
         if self.enabled:
-            err_console().print(f"step {step}: validating on {self.rows:,} rows, {self.estimate()}", highlight=False)
+            err_console().print(before(), highlight=False)
         t0 = time.time()
         yield
-        self.measured(self.rows, time.time() - t0, "the previous validation's")
+        self.measured(rows, time.time() - t0, source)
+        if self.enabled and after is not None:
+            err_console().print(after(), highlight=False)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cora import layout
 from cora.errors import CoraError
-from cora.io import read_yaml_mapping, write_json
+from cora.io import write_json
 from cora.probe import report
 from cora.probe.catalogue import item_catalogue
 from cora.probe.questions import (
@@ -45,16 +44,11 @@ def check_probe_options(n: int, seed: int, batch_size: int, resamples: int) -> N
 
 def run_config(run: Path):
     """A run's config, read without loading anything (so a bad run fails before the first model)."""
-    from cora.config import LLMConfig
+    from cora.config import llm_run_config
 
     if not run.is_dir():
         raise CoraError(f"{run}: no such run folder")
-    if not (run / layout.CONFIG).exists():
-        raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
-    saved = read_yaml_mapping(run / layout.CONFIG, "run config")
-    if "model" in saved and "method" not in saved:
-        raise CoraError(f"{run}: a CF run, not an LLM run (the probe scores LLMs)")
-    return LLMConfig.load(run / layout.CONFIG)
+    return llm_run_config(run, "the probe scores LLMs")
 
 
 def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, data: str | Path | None = None,

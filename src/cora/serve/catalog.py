@@ -112,3 +112,11 @@ class Catalog:
             "not_cold": np.asarray([int(u in self.train_users and i in self.train_items) for u, i in pairs],
                                    dtype=np.int64),
         })
+
+
+def check_k(k: int, candidates: int) -> None:
+    """``k`` items out of ``candidates`` retrieved ones: 1 <= k <= candidates."""
+    if k < 1:
+        raise CoraError(f"k must be >= 1, got {k}")
+    if candidates < k:
+        raise CoraError(f"candidates ({candidates}) must be >= k ({k})")

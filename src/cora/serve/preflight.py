@@ -13,31 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cora import layout
-from cora.config import LLMConfig
+from cora.config import LLMConfig, llm_run_config
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
-from cora.io import read_yaml_mapping
 from cora.serve.catalog import Catalog
 from cora.serve.ids import DatasetIds, identity_ids, internal_id, read_id_maps
-
-
-def check_k(k: int, candidates: int) -> None:
-    """``k`` items out of ``candidates`` retrieved ones: 1 <= k <= candidates."""
-    if k < 1:
-        raise CoraError(f"k must be >= 1, got {k}")
-    if candidates < k:
-        raise CoraError(f"candidates ({candidates}) must be >= k ({k})")
-
-
-def run_config(run: Path) -> LLMConfig:
-    """An LLM run's config, read without loading anything (the checks of ``load_run``, first)."""
-    if not (run / layout.CONFIG).exists():
-        raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
-    saved = read_yaml_mapping(run / layout.CONFIG, "run config")
-    if "model" in saved and "method" not in saved:
-        raise CoraError(f"{run}: a CF run, not an LLM run (serve an LLM run; give the CF run as --cf)")
-    return LLMConfig.load(run / layout.CONFIG)
 
 
 @dataclass
@@ -52,7 +32,7 @@ class RunData:
     @classmethod
     def open(cls, run: str | Path) -> RunData:
         run = Path(run)
-        cfg = run_config(run)
+        cfg = llm_run_config(run, "serve an LLM run; give the CF run as --cf")
         ds = load_dataset(cfg.data)
         return cls(run, cfg, ds, read_id_maps(ds))
 

@@ -27,9 +27,8 @@ from cora.config import LLMConfig
 from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.methods.base import LLMMethod
-from cora.serve.catalog import Catalog, UnknownIdError
+from cora.serve.catalog import Catalog, UnknownIdError, check_k
 from cora.serve.ids import DatasetIds, dataset_ids
-from cora.serve.preflight import check_k
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run
 

@@ -18,14 +18,13 @@ import torch
 
 from cora import layout
 from cora.cf.train import check_cf_dataset, load_cf_run
-from cora.config import PLACEMENT_FIELDS, LLMConfig
+from cora.config import PLACEMENT_FIELDS, LLMConfig, llm_run_config
 from cora.data.sampling import sample_rows, sample_users, split_key
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
 from cora.eval.metrics import evaluate_predictions
 from cora.io import (
     read_json,
-    read_yaml_mapping,
     removed_on_failure,
     update_json,
     write_json,
@@ -257,22 +256,12 @@ def reuse_stage(method: LLMMethod, cfg: LLMConfig, donor: Path, sub: Path) -> di
     return summary
 
 
-def run_config(run: str | Path) -> LLMConfig:
-    """The config of the LLM run folder ``run`` (one line if it is not one)."""
-    run = Path(run)
-    if not (run / layout.CONFIG).exists():
-        raise CoraError(f"{run}: not a cora run folder (no config.yaml)")
-    if "model" in (saved := read_yaml_mapping(run / layout.CONFIG, "run config")) and "method" not in saved:
-        raise CoraError(f"{run}: a CF run, not an LLM run (use 'cora cf evaluate' for it)")
-    return LLMConfig.load(run / layout.CONFIG)
-
-
 def load_run(run: str | Path, backbone=None, device: str | None = None,
              dtype: str | None = None) -> tuple[LLMMethod, LLMConfig, Dataset]:
     """A trained run's method with its best trainable tensors loaded; ``device`` / ``dtype`` score it
     elsewhere than it trained (a CUDA run on a CPU, an fp32 run in bf16)."""
     run = Path(run)
-    cfg = run_config(run)
+    cfg = llm_run_config(run)
     if device is not None or dtype is not None:
         cfg = dataclasses.replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
     weights = run / layout.WEIGHTS
@@ -296,7 +285,7 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
         raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
     # The accelerator first: under `accelerate launch` it gives each process its own GPU, which the
     # backbone must then load onto (loaded before, every replica would land on cuda:0).
-    acc = make_accelerator(run_config(run))
+    acc = make_accelerator(llm_run_config(run))
     placed = str(acc.device) if acc.device.type == "cuda" else None
     method, cfg, ds = load_run(run, backbone, device=placed)
     df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
