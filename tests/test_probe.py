@@ -413,3 +413,23 @@ def test_bad_input_is_one_line(run, root, tmp_path, monkeypatch, capsys, args, m
     lines = [line for line in output.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and message in lines[0], output
     assert not (tmp_path / "out").exists()
+
+
+def test_device_and_dtype_place_every_row(run, movies_dat, tmp_path, monkeypatch):
+    """`cora probe --device --dtype`: the frozen row and each run load where and as asked (a CUDA or
+    bf16 run probed on a CPU in fp32), and no note claims a dtype mismatch."""
+    import cora.probe.rows as rows_module
+    import cora.train.run as run_module
+    from cora.errors import CoraError
+    from cora.probe.run import run_probe
+
+    seen = []
+    for module in (rows_module, run_module):
+        real = module.load_backbone
+        monkeypatch.setattr(module, "load_backbone",
+                            lambda *a, _real=real, **k: seen.append((k.get("dtype"), k.get("device"))) or _real(*a, **k))
+    result = run_probe([run], movies=movies_dat, n=4, out=tmp_path / "probe", device="cpu", dtype="bf16")
+    assert seen == [("bf16", "cpu"), ("bf16", "cpu")]  # the frozen row, then the run
+    assert not [n for n in result["notes"] if "computes in" in n]
+    with pytest.raises(CoraError, match="dtype 'fp8'"):
+        run_probe([run], movies=movies_dat, n=4, out=tmp_path / "probe2", dtype="fp8")

@@ -423,6 +423,10 @@ def probe_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Questions (each with its 4 choices) per forward pass."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the questions (>= 1000)."),
     out: Path = typer.Option(Path("probe"), "--out", help="Folder for probe.md, probe.png, probe.json, questions.json."),
+    device: str | None = typer.Option(None, "--device", help="Where every row computes (cpu, cuda, cuda:N, auto; "
+                                      "default: each run where it trained, the frozen row as the first run)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 for every row (default: each run's "
+                                     "own, the frozen row the first run's)."),
 ) -> None:
     """Knowledge probe (the paper's Fig. 1): 4-choice questions on the items' years, genres and
     title matching, scored by log-likelihood on the frozen backbone and on each run's LLM (CoRA:
@@ -435,7 +439,7 @@ def probe_cmd(
     from cora.probe.run import run_probe
 
     result = run_probe(runs or [], backbone=backbone, data=data, movies=movies, n=n, seed=seed,
-                       batch_size=batch_size, resamples=resamples, out=out,
+                       batch_size=batch_size, resamples=resamples, out=out, device=device, dtype=dtype,
                        log=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))
     t = Table(title=f"knowledge probe -> {out}", caption="accuracy [95 % question bootstrap]; chance 0.25",
               caption_justify="left")

@@ -53,11 +53,12 @@ def backbone_row(name: str, dtype: str, device: str, questions: dict[str, list[Q
     return Row(f"backbone ({Path(name).name or name})", "backbone", name, "frozen", logliks, seconds)
 
 
-def run_rows(run: Path, questions: dict[str, list[Question]], batch_size: int, seed: int) -> list[Row]:
+def run_rows(run: Path, questions: dict[str, list[Question]], batch_size: int, seed: int,
+             device: str | None = None, dtype: str | None = None) -> list[Row]:
     from cora.methods.cora import CoRA
     from cora.train.run import load_run
 
-    method, cfg, ds = load_run(run)
+    method, cfg, ds = load_run(run, device=device, dtype=dtype)
     tok, bos = method.tokenizer, method.bos_token_id
     label = f"{cfg.method} ({run.name})"
     rows = []

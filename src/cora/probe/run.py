@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cora.config import DTYPES
 from cora.errors import CoraError
 from cora.io import write_json
 from cora.probe import report
@@ -54,8 +55,11 @@ def run_config(run: Path):
 def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, data: str | Path | None = None,
               movies: str | Path | None = None, n: int = 300, seed: int = 0, batch_size: int = 8,
               resamples: int = MIN_RESAMPLES, out: str | Path = "probe",
-              log: Callable[[str], None] = lambda _: None) -> dict:
-    """Score the frozen backbone and every run on the same seeded questions; write OUT (module doc)."""
+              log: Callable[[str], None] = lambda _: None, device: str | None = None,
+              dtype: str | None = None) -> dict:
+    """Score the frozen backbone and every run on the same seeded questions; write OUT (module doc).
+    ``device`` / ``dtype``: where and in which precision every row computes (default: the first
+    run's, for the frozen row, and each run's own)."""
     check_probe_options(n, seed, batch_size, resamples)
     runs, out = [Path(r) for r in runs], Path(out)
     if out.exists() and not out.is_dir():
@@ -68,7 +72,10 @@ def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, d
     first = configs[0] if configs else None
     data = data if data is not None else (first.data if first else None)
     backbone = backbone or first.backbone
-    dtype, device = (first.dtype, first.device) if first else ("fp32", "cpu")
+    if dtype is not None and dtype not in DTYPES:  # before any question is built or model loaded
+        raise CoraError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    placed = {"device": device, "dtype": dtype}  # None: each run where it trained
+    dtype, device = dtype or (first.dtype if first else "fp32"), device or (first.device if first else "cpu")
 
     items, domain, notes = item_catalogue(data, movies)
     questions, task_notes = build_questions(items, n, seed, domain)
@@ -80,7 +87,7 @@ def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, d
     for run, cfg in zip(runs, configs):
         if cfg.backbone != backbone:  # its rows differ from the frozen row by more than the method
             notes.append(f"{run} is built on backbone {cfg.backbone}, the frozen row is {backbone}")
-        if cfg.dtype != dtype:  # bf16 rounding alone moves log-likelihoods
+        if (placed["dtype"] or cfg.dtype) != dtype:  # bf16 rounding alone moves log-likelihoods
             notes.append(f"{run} computes in {cfg.dtype}, the frozen row in {dtype} (the first run's)")
     for note in notes:
         log(f"note: {note}")
@@ -89,7 +96,7 @@ def run_probe(runs: Sequence[str | Path] = (), *, backbone: str | None = None, d
     rows = [backbone_row(backbone, dtype, device, questions, batch_size)]
     log(_timing(rows[-1], n_questions))
     for run in runs:
-        for row in run_rows(run, questions, batch_size, seed):
+        for row in run_rows(run, questions, batch_size, seed, **placed):
             rows.append(row)
             log(_timing(row, n_questions))
 
