@@ -268,3 +268,19 @@ def test_resume_with_another_number_of_processes_is_refused(root, tmp_path):
     sched = warmup_cosine(opt, 1e-3, 0.0, 1, 0.0, 10)
     with pytest.raises(CoraError, match=r"trained by 1 process\(es\), resumed by 2: .*resume it with 1"):
         load_loop(out / "checkpoint", opt, sched, world_size=2)
+
+
+def test_evaluate_scores_in_another_dtype_and_says_so(root, tmp_path):
+    """`cora evaluate --dtype / --device`: a run trained in fp32 scored in bf16 on the CPU; where and
+    how it scored is in metrics.json, and the scores stay within bf16's rounding of fp32's."""
+    import pandas as pd
+
+    from cora.train.run import evaluate_run
+
+    train_run(tiny_config(root, max_steps=2, eval_every=2), tmp_path / "run", show_progress=False)
+    fp32 = evaluate_run(tmp_path / "run", "valid", show_progress=False)
+    scores32 = pd.read_parquet(tmp_path / "run" / "predictions-valid.parquet")["score"].to_numpy()
+    bf16 = evaluate_run(tmp_path / "run", "valid", show_progress=False, device="cpu", dtype="bf16")
+    scores16 = pd.read_parquet(tmp_path / "run" / "predictions-valid.parquet")["score"].to_numpy()
+    assert (fp32["eval"]["dtype"], bf16["eval"]["dtype"], bf16["eval"]["device"]) == ("fp32", "bf16", "cpu")
+    assert np.abs(scores16 - scores32).max() < 0.05 and not np.array_equal(scores16, scores32)

@@ -261,6 +261,10 @@ def evaluate_cmd(
     cf: Path | None = typer.Option(None, "--cf", help="--ranking: CF run for retrieval (runs without one, e.g. ICL)."),
     internal_ids: bool = typer.Option(False, "--internal-ids", help="--ranking: the candidates file adds cora's "
                                       "internal ids (uid, iid) beside the dataset's (user, item)."),
+    device: str | None = typer.Option(None, "--device", help="Score here (cpu, cuda, cuda:N, auto) instead of where "
+                                      "the run trained, e.g. a CUDA run on a CPU; recorded in metrics.json."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Score in fp32 | bf16 | fp16 instead of the run's "
+                                     "precision; recorded in metrics.json."),
 ) -> None:
     """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
     With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json), and
@@ -269,6 +273,8 @@ def evaluate_cmd(
     if ranking:
         if limit is not None or per_user is not None or whole_users:
             raise CoraError("--limit / --per-user / --whole-users are for AUC; with --ranking use --limit-users")
+        if device is not None or dtype is not None:
+            raise CoraError("--device / --dtype are for AUC scoring; --ranking scores where the run trained")
         from cora.serve.ranking import evaluate_ranking
 
         _print_ranking(evaluate_ranking(run, split, k, candidates, limit_users, cf=cf, internal_ids=internal_ids),
@@ -278,7 +284,8 @@ def evaluate_cmd(
         raise CoraError("--limit-users, --cf and --internal-ids go with --ranking")
     from cora.train.run import evaluate_run
 
-    metrics = evaluate_run(run, split, limit, per_user=_per_user(limit, per_user, whole_users))
+    metrics = evaluate_run(run, split, limit, per_user=_per_user(limit, per_user, whole_users), device=device,
+                           dtype=dtype)
     _print_metrics({split: metrics}, title=str(run))
 
 

@@ -276,18 +276,21 @@ def load_run(run: str | Path, backbone=None, device: str | None = None,
 
 
 def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None, show_progress: bool = True,
-                 backbone=None, per_user: int | None = None) -> dict:
+                 backbone=None, per_user: int | None = None, device: str | None = None,
+                 dtype: str | None = None) -> dict:
     """Score a split (or the seeded whole-user sample ``limit`` / ``per_user`` of it, see
     :func:`cora.data.sampling.sample_users`) with the run's best weights; writes predictions and
-    updates metrics.json under :func:`cora.data.sampling.split_key`."""
+    updates metrics.json under :func:`cora.data.sampling.split_key`. ``device`` / ``dtype``: score
+    elsewhere than the run trained (a CUDA run on a CPU); metrics.json says where it scored."""
     run = Path(run)
     if split not in ("valid", "valid_small", "test"):
         raise CoraError(f"unknown split '{split}' (choose valid, valid_small or test)")
     # The accelerator first: under `accelerate launch` it gives each process its own GPU, which the
     # backbone must then load onto (loaded before, every replica would land on cuda:0).
-    acc = make_accelerator(llm_run_config(run))
-    placed = str(acc.device) if acc.device.type == "cuda" else None
-    method, cfg, ds = load_run(run, backbone, device=placed)
+    trained = llm_run_config(run)
+    acc = make_accelerator(dataclasses.replace(trained, device=device or trained.device))
+    placed = str(acc.device) if acc.device.type == "cuda" else device
+    method, cfg, ds = load_run(run, backbone, device=placed, dtype=dtype)
     df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
     phase(f"tokenising {len(df):,} {split} prompts")
     encoded = method.encode(df, ds.domain)
@@ -304,6 +307,6 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     metrics = evaluate_predictions(pred)
     metrics["eval"] = {"limit": limit, "per_user": per_user, "wall_time_s": round(elapsed, 1), "rows_per_s": round(len(pred) / max(elapsed, 1e-9), 2),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                       "memory": method.memory}
+                       "memory": method.memory, "device": acc.device.type, "dtype": cfg.dtype}
     update_json(run / layout.METRICS, {key: metrics})
     return metrics
