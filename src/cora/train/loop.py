@@ -116,10 +116,6 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
     return np.array([scores[i] for i in range(n)], dtype=np.float64)
 
 
-def _progress(enabled: bool):
-    return progress_bar(enabled)  # cora.progress: the one bar style
-
-
 def _optimizer(method: LLMMethod, cfg: LLMConfig) -> torch.optim.Optimizer:
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
@@ -229,7 +225,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         return f"loss {loss:.4f}  {rate:.1f} samples/s  best {cfg.selection_metric} {st.best['score']:.4f}@{st.best['step']}"
 
     model.train()
-    with _progress(show_progress and acc.is_main_process) as progress:
+    with progress_bar(show_progress and acc.is_main_process) as progress:
         task = progress.add_task(f"train {cfg.method}", total=cfg.max_steps, completed=st.step, info="")
         while st.step < cfg.max_steps and stop_reason == "max_steps":
             epoch, offset = divmod(st.micro, len(sampler))

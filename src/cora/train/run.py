@@ -96,10 +96,11 @@ def _start_run(cfg: LLMConfig, out: Path, resume: bool, allow_changed: set[str] 
 
 def _record_resume_change(out: Path, changed: dict[str, list]) -> None:
     """Append what a resume changed, and at which step, to RUN/resume_changes.json."""
-    from cora.train.checkpoint import has_checkpoint, load_checkpoint
+    from cora.safe_state import read_state
+    from cora.train.checkpoint import has_checkpoint
 
     ckpt = out / layout.CHECKPOINT
-    step = load_checkpoint(ckpt)[1]["step"] if has_checkpoint(ckpt) else 0
+    step = read_state(ckpt, "state")["step"] if has_checkpoint(ckpt) else 0  # not the trainable tensors
     path = out / layout.RESUME_CHANGES
     history = read_json(path) if path.exists() else []
     write_json(path, [*history, {"step": step, "changed": changed,
