@@ -89,7 +89,7 @@ def prompt_rows(n: int = 8) -> pd.DataFrame:
 
 def merged_forward(self: CollaborativeLinear, x: torch.Tensor) -> torch.Tensor:
     """Eq. 5 literally: one materialised (d_out, d_in) weight per sample."""
-    a = self._slot.a_by_width[self.base.in_features].to(x.dtype)               # (B, d_in, r)
+    a = self._weights.a_by_width[self.base.in_features].to(x.dtype)            # (B, d_in, r)
     delta_w = torch.einsum("bir,ro->boi", a, self.lowrank_B.to(x.dtype)) * self.scale
     w = self.base.weight.unsqueeze(0) + delta_w                                  # (B, d_out, d_in)
     out = torch.einsum("bti,boi->bto", x.reshape(x.shape[0], -1, x.shape[-1]), w)

@@ -221,4 +221,4 @@ def test_modules_reading_the_same_input_share_one_rank_r_projection(tmp_path):
     # Per layer: attention input (q, k, v), o input, MLP input (gate, up), down input.
     assert len(method.adapter.wrapped) == 7 * n_layers
     assert len(calls) == 4 * n_layers
-    assert method.adapter._slot.last_x is None  # nothing kept alive after the pass
+    assert method.adapter._weights.last_x is None  # nothing kept alive after the pass

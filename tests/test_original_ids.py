@@ -277,7 +277,11 @@ def test_the_service_takes_and_returns_the_datasets_ids(rec, maps):
         assert not {"uid", "iid"} & set(results[0])
 
         r = c.post("/score", json={"pairs": [{"user": uid, "item": iid}], "internal_ids": True})
-        assert r.json()["results"] == [{**results[0], "uid": uid, "iid": iid}]
+        # A batch of one, not two: the frozen matmuls' rounding may differ with the batch's shape.
+        (alone,) = r.json()["results"]
+        assert {k: v for k, v in alone.items() if k not in ("score", "probability")} == {
+            **{k: v for k, v in results[0].items() if k not in ("score", "probability")}, "uid": uid, "iid": iid}
+        assert alone["score"] == pytest.approx(results[0]["score"], abs=1e-6)
 
         rec_json = c.post("/recommend", json={"user": user, "k": 3, "candidates": 6}).json()
         lib = rec.recommend(uid, k=3, candidates=6)

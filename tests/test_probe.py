@@ -331,7 +331,7 @@ def test_cora_without_a_pair_is_the_frozen_backbone_bit_for_bit_and_a_pair_chang
     single = choice_logliks(method.llm, method.tokenizer, method.bos_token_id, questions[:2], batch_size=1,
                             context=pair_context(method, weights))
     assert np.allclose(single, with_pair[:2], atol=1e-4)
-    assert method.adapter._slot.a_by_width is None  # the context leaves no weights behind
+    assert method.adapter._weights.a_by_width is None  # the context leaves no weights behind
 
 
 def test_tallrec_lora_equals_the_backbone_while_b_is_zero_and_differs_after(root):

@@ -14,10 +14,21 @@ For sample ``b`` a wrapped module computes::
 i.e. the per-pair weight ``W + s (A_b B)^T`` without materialising it: two batched matmuls of
 rank r, no per-sample Python loop. With no weights set, the module is exactly ``W x``.
 
-Precision: A and B are fp32. On an fp32 model the path casts nothing. On a bf16 / fp16 model
-(outside autocast) the rank-r product and the sum ``W x + s B^T h`` are taken in fp32 and rounded
-once to the model's dtype: ``W x`` already carries the model's rounding, the update adds none of
-its own. Under fp16 autocast (the reference's recipe) autocast decides, as it does for peft's LoRA.
+Cost: a wrapped layer adds two operators per distinct input, whatever the number of modules
+reading it: one rank-r down-projection ``dropout(x) A_b`` (a bmm, shared by q/k/v or gate/up,
+which read the same tensor and, in CoRA, get the same A) and one up-projection ``h [B_q|B_k|B_v]``
+for all modules of that input at once (an mm). The sum with the frozen product costs nothing
+extra: each wrapped module computes ``W x`` as ``addmm(s h B, x, W^T)``, the update entering the
+frozen matmul's own accumulator. So q/k/v/o add 4 operators per layer; casts happen once per
+forward (below), not per module. (The eager forward of a small model is dispatch-bound: time
+follows the operator count, not the rank-r arithmetic.)
+
+Precision: A and B are trained in fp32. Once per forward pass they are cast to the frozen
+model's dtype (one cast per A width, one for all B's together), so on a bf16 / fp16 model the
+rank-r products run in that dtype with fp32 accumulation inside the kernels and the sum
+``W x + s h B`` is accumulated with the frozen product and rounded once; the gradients of B come
+back through the cast and accumulate in fp32. Under fp16 autocast (the reference's recipe) the
+casts are left to autocast, as for peft's LoRA.
 """
 
 from __future__ import annotations
@@ -51,42 +62,59 @@ def parse_modules(spec: str) -> tuple[str, ...]:
     return tuple(name for letter in dict.fromkeys(spec) for name in MODULE_LETTERS[letter])
 
 
-class _WeightsSlot:
-    """Shared by every wrapped module: the current per-pair A matrices, keyed by input width.
+# Sibling modules that read one input tensor in HF decoder layers: they share the rank-r
+# down-projection and one fused up-projection.
+SHARED_INPUT: tuple[frozenset[str], ...] = (frozenset({"q_proj", "k_proj", "v_proj"}),
+                                            frozenset({"gate_proj", "up_proj"}))
 
-    It also remembers the last ``dropout(x) A`` it computed. q/k/v (and gate/up) of one layer
-    receive the *same* input tensor and, in CoRA, the same A, so their rank-r projection is one
-    product, not three: the cache hits on tensor identity, never on values. The price is one
-    dropout mask shared by modules that read the same input (peft draws one per module); in eval
-    there is no dropout and the result is identical.
+
+class _InputGroup:
+    """Wrapped modules of one layer that read the same input; ``index``: its place in the adapter's
+    list, and so its B's column block in the forward's concatenated B."""
+
+    def __init__(self, members: list[CollaborativeLinear], index: int):
+        self.members, self.index = members, index
+        self.widths = [m.out_features for m in members]
+
+
+class _PairWeights:
+    """What one forward pass gives every wrapped module: the pair's A per input width and each
+    group's ``s [B_1|...|B_n]``, cast once to the compute dtype; plus the last group's update.
+
+    A group's update ``dropout(x) A_b s [B_1|...|B_n]`` is computed by its first module and reused
+    by the others while they read the *same tensor* (identity, never values). The price is one
+    dropout mask per input rather than per module (peft draws one per module); in eval there is no
+    dropout and the result is identical.
     """
 
     def __init__(self) -> None:
-        self.a_by_width: dict[int, torch.Tensor] | None = None
-        self.last_x: torch.Tensor | None = None
-        self.last_h: torch.Tensor | None = None
+        self.set(None, None)
 
-    def projected(self, x: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
-        """``dropout(x) @ A_b`` per sample, shape (batch, T, r); reused while ``x`` is the same tensor."""
-        if self.last_x is x and self.last_h is not None:
-            return self.last_h
+    def set(self, a_by_width: dict[int, torch.Tensor] | None, b_by_group: list[torch.Tensor] | None) -> None:
+        self.a_by_width, self.b_by_group = a_by_width, b_by_group
+        self.last_x: torch.Tensor | None = None
+        self.last_group: _InputGroup | None = None
+        self.last_update: tuple[torch.Tensor, ...] = ()
+
+    def update(self, group: _InputGroup, x: torch.Tensor, dropout: nn.Module) -> tuple[torch.Tensor, ...]:
+        """Each member's ``s dropout(x) A_b B``, (batch * T, its width) views of one product; reused
+        while ``x`` is the same tensor."""
+        if self.last_x is x and self.last_group is group:
+            return self.last_update
         a = self.a_by_width[x.shape[-1]]  # (batch, d_in, r)
         if x.shape[0] != a.shape[0]:
             raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
-        # (batch, T, d_in) @ (batch, d_in, r) -> (batch, T, r): rank-r work only, in A's fp32.
-        xd = dropout(x).reshape(x.shape[0], -1, x.shape[-1])
-        h = torch.bmm(xd if xd.dtype == a.dtype else xd.to(a.dtype), a)
-        self.last_x, self.last_h = x, h
-        return h
-
-    def set(self, a_by_width: dict[int, torch.Tensor] | None) -> None:
-        self.a_by_width, self.last_x, self.last_h = a_by_width, None, None
+        h = torch.bmm(dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a)  # (batch, T, r)
+        # One split, not a slice per member: its backward is one concatenation.
+        update = torch.mm(h.reshape(-1, a.shape[-1]), self.b_by_group[group.index]).split(group.widths, dim=1)
+        self.last_x, self.last_group, self.last_update = x, group, update
+        return update
 
 
 class CollaborativeLinear(nn.Module):
     """``nn.Linear`` plus a per-sample low-rank path whose A comes from outside and B is trained."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, slot: _WeightsSlot):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, weights: _PairWeights):
         super().__init__()
         self.base = base
         self.rank = rank
@@ -94,7 +122,10 @@ class CollaborativeLinear(nn.Module):
         # Zero init: at step 0 the wrapped model is exactly the frozen LLM.
         self.lowrank_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=torch.float32))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._slot = slot  # plain attribute, not a submodule: one slot shared by all wrappers
+        # Plain attributes, not submodules: shared by the wrappers, set by the adapter.
+        self._weights = weights
+        self._group: _InputGroup | None = None
+        self._member = 0  # this module's place in its group
 
     @property
     def in_features(self) -> int:
@@ -109,17 +140,22 @@ class CollaborativeLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        if self._slot.a_by_width is None:
-            return out
-        h = self._slot.projected(x, self.dropout)  # (batch, T, r), shared by modules reading x
-        # out + s * h B in one fused pass over the output (addmm), not three (matmul, scale, add);
-        # on a bf16 / fp16 model the sum is taken in fp32 and rounded once.
-        flat = out.reshape(-1, out.shape[-1])
-        if flat.dtype != h.dtype:
-            flat = flat.to(h.dtype)
-        flat = torch.addmm(flat, h.reshape(-1, self.rank), self.lowrank_B, alpha=self.scale).reshape(out.shape)
-        return flat if flat.dtype == out.dtype else flat.to(out.dtype)
+        if self._weights.a_by_width is None:
+            return self.base(x)
+        update = self._weights.update(self._group, x, self.dropout)[self._member]  # s h B, (batch * T, d_out)
+        if type(self.base) is nn.Linear and self.base.bias is None:
+            # W x + s h B in the frozen matmul's own pass: the update is addmm's input.
+            out = torch.addmm(update, x.reshape(-1, x.shape[-1]), self.base.weight.t())
+        else:  # a bias, or a replaced linear (quantised, hooked): one add after it
+            out = self.base(x).reshape(-1, self.out_features) + update
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 class CollaborativeAdapter(nn.Module):
@@ -137,12 +173,12 @@ class CollaborativeAdapter(nn.Module):
         super().__init__()
         self.spec, self.rank, self.alpha = modules, rank, alpha
         targets = parse_modules(modules)
-        self._slot = _WeightsSlot()
+        self._weights = _PairWeights()
         self.wrapped: dict[str, CollaborativeLinear] = {}
         pattern = re.compile(r"(^|\.)(" + "|".join(targets) + r")$")
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and pattern.search(name):
-                wrapper = CollaborativeLinear(module, rank, alpha, dropout, self._slot)
+                wrapper = CollaborativeLinear(module, rank, alpha, dropout, self._weights)
                 model.set_submodule(name, wrapper)
                 self.wrapped[name] = wrapper
         if not self.wrapped:
@@ -154,6 +190,30 @@ class CollaborativeAdapter(nn.Module):
             raise CoraError(f"this model has no {', '.join(missing)} modules for --modules {modules}")
         # Registered here only for parameter bookkeeping; the modules live inside the model.
         self._b = nn.ParameterDict({n.replace(".", "__"): w.lowrank_B for n, w in self.wrapped.items()})
+        self._groups = self._group_by_input()
+
+    def _group_by_input(self) -> list[_InputGroup]:
+        """q/k/v (and gate/up) of one layer form one group; every other module is its own. The
+        groups' B's are laid side by side in that order in the forward's concatenated B."""
+        keys: dict[tuple[str, int | str], list[CollaborativeLinear]] = {}
+        for name, w in self.wrapped.items():
+            parent, _, leaf = name.rpartition(".")
+            shared = next((i for i, g in enumerate(SHARED_INPUT) if leaf in g), name)
+            keys.setdefault((parent, shared), []).append(w)
+        groups = [_InputGroup(members, i) for i, members in enumerate(keys.values())]
+        for group in groups:
+            for j, w in enumerate(group.members):
+                w._group, w._member = group, j
+        return groups
+
+    def _b_by_group(self) -> list[torch.Tensor]:
+        """``s [B_1|...|B_n]`` of every group, in the compute dtype: one concatenation, one scaling
+        and at most one cast per forward, whatever the number of layers."""
+        b_all = torch.cat([w.lowrank_B for g in self._groups for w in g.members], dim=1) * (self.alpha / self.rank)
+        dtype = self._compute_dtype()
+        if dtype is not None:
+            b_all = b_all.to(dtype)
+        return list(b_all.split([sum(g.widths) for g in self._groups], dim=1))
 
     def train(self, mode: bool = True):
         """The wrapped modules live inside the frozen LLM, which methods keep in eval mode; their
@@ -177,13 +237,28 @@ class CollaborativeAdapter(nn.Module):
             need = set(self.input_widths) - set(a_by_width)
             if need:
                 raise CoraError(f"collaborative weights missing for input width(s) {sorted(need)}")
-        previous = self._slot.a_by_width
-        self._slot.set(a_by_width)
+        previous = self._weights.a_by_width, self._weights.b_by_group
+        if a_by_width is None:
+            self._weights.set(None, None)
+        else:
+            dtype = self._compute_dtype()
+            if dtype is not None:  # once per forward, not per module (module docstring)
+                a_by_width = {w: a if a.dtype == dtype else a.to(dtype) for w, a in a_by_width.items()}
+            self._weights.set(a_by_width, self._b_by_group())
         try:
             yield
         finally:
             if not hold:
-                self._slot.set(previous)
+                self._weights.set(*previous)
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        """The frozen weights' dtype when A and B must be cast to it; None under autocast (it casts)
+        or when they already match (fp32)."""
+        first = next(iter(self.wrapped.values()))
+        if _autocast_on(first.lowrank_B.device.type):
+            return None
+        dtype = first.base.weight.dtype
+        return dtype if dtype.is_floating_point and dtype != torch.float32 else None
 
     def b_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{n}.lowrank_B": w.lowrank_B.detach() for n, w in self.wrapped.items()}

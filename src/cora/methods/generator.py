@@ -5,6 +5,13 @@ other (self-attention) and to ``e`` (cross-attention) in every block; post-Layer
 The query outputs go through one linear head per needed input width (``d_model``, and the FFN
 width when the MLP's down projection is adapted), are averaged over queries, L2-normalised over
 the whole ``width * r`` vector (unit Frobenius norm), and reshaped to ``A ∈ R^{width × r}``.
+
+Computed as what it is, with the parameters (and checkpoints) of the plain modules: the
+cross-attention has a single key / value, the pair embedding, so its softmax is exactly 1 and its
+output is ``out_proj(v_proj(e))`` for every query; the query / key projections and the softmax are
+dead work and are skipped. In training the attention's dropout still drops whole (query, head)
+weights, drawn exactly as ``nn.MultiheadAttention`` draws them (same shape, same call, so the
+same random numbers). The head is affine, so it is applied once to the mean of the queries.
 """
 
 from __future__ import annotations
@@ -29,10 +36,28 @@ class QFormerBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, pair_emb: torch.Tensor) -> torch.Tensor:
         q = self.self_norm(q + self.drop(self.self_attn(q, q, q, need_weights=False)[0]))
-        q = self.cross_norm(q + self.drop(self.cross_attn(q, kv, kv, need_weights=False)[0]))
+        q = self.cross_norm(q + self.drop(self.attend_to_pair(q.shape[1], pair_emb)))
         return self.ffn_norm(q + self.ffn(q))
+
+    def attend_to_pair(self, n_queries: int, pair_emb: torch.Tensor) -> torch.Tensor:
+        """``cross_attn(q, e, e)`` with one key: ``out_proj(v_proj(e))``, (batch, 1 or n_queries, hidden)."""
+        attn = self.cross_attn
+        hidden = attn.embed_dim
+        w_v = attn.in_proj_weight[2 * hidden:] if attn._qkv_same_embed_dim else attn.v_proj_weight
+        v = F.linear(pair_emb, w_v, attn.in_proj_bias[2 * hidden:])  # (batch, hidden)
+        if not (self.training and attn.dropout > 0):
+            return attn.out_proj(v).unsqueeze(1)  # the same for every query
+        # The attention weights are all 1; MHA drops them with shape (batch, heads, queries, keys=1).
+        batch, heads = v.shape[0], attn.num_heads
+        keep = F.dropout(v.new_ones(batch, heads, n_queries, 1), attn.dropout)
+        per_head = keep * v.reshape(batch, heads, 1, hidden // heads)  # (batch, heads, queries, head dim)
+        # Laid out (queries, batch, hidden) in memory and returned transposed, as MHA does: the
+        # block's next dropout fills its mask in memory order, so the layout decides which
+        # element each random number drops.
+        merged = per_head.permute(2, 0, 1, 3).reshape(n_queries, batch, hidden)
+        return attn.out_proj(merged).transpose(0, 1)
 
 
 class CollaborativeQueryGenerator(nn.Module):
@@ -55,10 +80,9 @@ class CollaborativeQueryGenerator(nn.Module):
     def forward(self, pair_emb: torch.Tensor) -> dict[int, torch.Tensor]:
         batch = pair_emb.shape[0]
         q = self.query_drop(self.query_norm(self.queries.expand(batch, -1, -1)))
-        kv = pair_emb.unsqueeze(1)
         for block in self.blocks:
-            q = block(q, kv)
-        flat = self.head(q).mean(dim=1)  # per-query projection, then mean over queries
+            q = block(q, pair_emb)
+        flat = self.head(q.mean(dim=1))  # affine: the head of the mean is the mean of the heads
         out: dict[int, torch.Tensor] = {}
         for width, chunk in zip(self.widths, flat.split([w * self.rank for w in self.widths], dim=-1)):
             out[width] = F.normalize(chunk, dim=-1).reshape(batch, width, self.rank)

@@ -1,8 +1,9 @@
 """Named precision modes of a run (``--dtype``), as one object the loop asks what to do.
 
 ``fp32``  fp32 weights and matmuls (on CUDA, ``--tf32`` lets them run on TF32 tensor cores).
-``bf16``  frozen weights in bf16; every trainable tensor, the low-rank update's product and sum
-          (``cora.llm.lowrank``) and the loss in fp32. bf16 has fp32's exponent range: no scaler.
+``bf16``  frozen weights in bf16; trainable tensors and the loss in fp32; the low-rank update's
+          A and B cast to bf16 once per forward, its sum accumulated with the frozen product
+          (``cora.llm.lowrank``). bf16 has fp32's exponent range: no scaler.
 ``fp16``  the reference code's recipe (VanillaCreamer/CoRA, zyang1580/CoLLM: ``amp: True``):
           frozen weights in fp16, forward under ``torch.autocast(float16)``, fp32 trainables and a
           ``GradScaler``, whose state is part of the checkpoint so a resume is exact.
