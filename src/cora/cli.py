@@ -265,11 +265,17 @@ def evaluate_cmd(
                                       "the run trained, e.g. a CUDA run on a CPU; recorded in metrics.json."),
     dtype: str | None = typer.Option(None, "--dtype", help="Score in fp32 | bf16 | fp16 instead of the run's "
                                      "precision; recorded in metrics.json."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's own "
+                                       "choice, as the run's training used)."),
 ) -> None:
     """Score a split with a run's best weights; writes metrics.json and predictions-<split>.parquet.
     With --ranking: HR@K and NDCG@K of CF retrieval alone vs reranked by the run (metrics.json), and
     the scored candidates in the dataset's own ids (ranking-<key>.parquet)."""
     check_options(limit=limit, per_user=per_user, k=k, candidates=candidates, limit_users=limit_users)
+    if threads is not None:
+        from cora.serve.placement import set_threads
+
+        set_threads(threads)
     if ranking:
         if limit is not None or per_user is not None or whole_users:
             raise CoraError("--limit / --per-user / --whole-users are for AUC; with --ranking use --limit-users")
@@ -461,6 +467,30 @@ def probe_cmd(
 
 
 # ----------------------------------------------------------------------------- serving
+def _device_option():
+    return typer.Option(None, "--device", help="Score here (cpu, cuda, cuda:N, auto) instead of where the run "
+                        "trained; a GPU run scores on the CPU of a machine without CUDA.")
+
+
+def _dtype_option():
+    return typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 instead of the run's precision (on a CPU "
+                        "without bf16 / fp16 matrix units: fp32, said in one line).")
+
+
+def _threads_option():
+    return typer.Option(None, "--threads", help="CPU threads for torch (default: the CPUs this process may use).")
+
+
+def _placement(device: str | None, dtype: str | None, threads: int | None):
+    from cora.serve.placement import Placement
+
+    return Placement(device=device, dtype=dtype, threads=threads)
+
+
+def _say(line: str) -> None:
+    err_console.print(f"note: {_one_line(line)}", highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Argument(..., help="Run folder (from 'cora train')."),
@@ -472,6 +502,9 @@ def recommend_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     internal_ids: bool = typer.Option(False, "--internal-ids", help="--user is cora's internal id; the output "
                                       "adds internal ids (uid, iid)."),
+    device: str | None = _device_option(),
+    dtype: str | None = _dtype_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Top-k items for a user: CF retrieves unseen candidates, the run's LLM method reranks them."""
     from cora.serve.catalog import check_k
@@ -485,7 +518,7 @@ def recommend_cmd(
     check_k(k, candidates)
     data = RunData.open(run)
     uid = data.user(user, internal=internal_ids)  # an unknown id fails here, before the (slow) model loads
-    rec = data.recommender(cf=cf)
+    rec = data.recommender(cf=cf, placement=_placement(device, dtype, threads), say=_say)
     items = rec.recommend(uid, k=k, candidates=candidates, show_progress=True)  # a bar on stderr while it scores
     original = rec.ids.users.original(uid)
     if as_json:
@@ -527,13 +560,16 @@ def score_cmd(
                                       "for other names)."),
     internal_ids: bool = typer.Option(False, "--internal-ids", help="The file holds cora's internal ids; the "
                                       "output adds them (uid, iid)."),
+    device: str | None = _device_option(),
+    dtype: str | None = _dtype_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """Score (user, item) pairs of a file, in the dataset's own ids, with a run's best weights."""
     from cora.serve.pairs import score_file
 
     check_options(batch_size=batch_size)
     df = score_file(run, pairs, out, batch_size=batch_size, internal=internal_ids, user=user_col, item=item_col,
-                    fmt=fmt)
+                    fmt=fmt, placement=_placement(device, dtype, threads), say=_say)
     console.print(f"scored {len(df):,} pairs -> {out}")
 
 
@@ -558,6 +594,9 @@ def serve_cmd(
     show_paths: bool = typer.Option(False, "--show-paths", help="/info shows the run's and backbone's paths."),
     shutdown_grace: float = typer.Option(10.0, "--shutdown-grace",
                                          help="Seconds queued requests get after SIGTERM; the rest: 503."),
+    device: str | None = _device_option(),
+    dtype: str | None = _dtype_option(),
+    threads: int | None = _threads_option(),
 ) -> None:
     """HTTP service: /score, /recommend, /info, /health (OpenAPI at /openapi.json, docs at /docs)."""
     import importlib.util
@@ -582,7 +621,7 @@ def serve_cmd(
     from cora.serve.app import create_app
     from cora.serve.preflight import RunData
 
-    rec = RunData.open(run).recommender(cf=cf)
+    rec = RunData.open(run).recommender(cf=cf, placement=_placement(device, dtype, threads), say=_say)
     serve(create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, max_pairs=max_pairs,
                      max_body_bytes=max_body_bytes, max_candidates=max_candidates, request_timeout_s=request_timeout,
                      api_key=api_key, show_paths=show_paths), host=host, port=port, grace_s=shutdown_grace)

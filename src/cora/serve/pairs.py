@@ -118,15 +118,16 @@ def _column(values: list) -> pd.Series:
 
 def score_file(run: str | Path, pairs_file: str | Path, out: str | Path, batch_size: int | None = None,
                show_progress: bool = True, backbone=None, internal: bool = False, user: str | None = None,
-               item: str | None = None, fmt: str | None = None) -> pd.DataFrame:
+               item: str | None = None, fmt: str | None = None, placement=None,
+               say=lambda line: None) -> pd.DataFrame:
     """Score every pair of ``pairs_file`` with ``run``; write ``out`` (Parquet, atomically) in
-    the file's row order (columns: :func:`scored_frame`)."""
+    the file's row order (columns: :func:`scored_frame`). ``placement``: device / dtype / threads."""
     from cora.serve.preflight import RunData
 
     pairs = read_pairs(pairs_file, user=user, item=item, fmt=fmt)  # a bad file fails before anything loads
     data = RunData.open(run)
     internal_pairs = resolve_pairs(pairs, data, internal=internal)  # ... and so does an unknown id
-    rec = data.recommender(backbone=backbone)
+    rec = data.recommender(backbone=backbone, placement=placement, say=say)
     logits = rec.logits(internal_pairs, batch_size=batch_size, show_progress=show_progress)
     df = scored_frame(internal_pairs, logits, rec.ids, rec.catalog.titles, internal=internal)
     write_parquet(out, df)

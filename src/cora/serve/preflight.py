@@ -61,9 +61,11 @@ class RunData:
         self.catalog.check_item(iid)
         return iid
 
-    def recommender(self, cf: str | Path | None = None, backbone=None, batch_size: int | None = None):
-        """The run loaded (the slow part), serving with this catalog and these ids."""
+    def recommender(self, cf: str | Path | None = None, backbone=None, batch_size: int | None = None,
+                    placement=None, say=lambda line: None):
+        """The run loaded (the slow part), serving with this catalog and these ids; ``placement``
+        (:class:`cora.serve.placement.Placement`) says where and in what precision."""
         from cora.serve.recommend import Recommender
 
         return Recommender.from_run(self.run, cf=cf, backbone=backbone, batch_size=batch_size,
-                                    catalog=self.catalog, ids=self.ids)
+                                    catalog=self.catalog, ids=self.ids, placement=placement, say=say)

@@ -23,12 +23,14 @@ import torch
 
 from cora.cf.data import pad_histories
 from cora.cf.train import check_cf_dataset, load_cf_run
-from cora.config import LLMConfig
+from cora.config import LLMConfig, llm_run_config
 from cora.data.store import Dataset
 from cora.errors import CoraError
 from cora.methods.base import LLMMethod
 from cora.serve.catalog import Catalog, UnknownIdError, check_k
 from cora.serve.ids import DatasetIds, dataset_ids
+from cora.serve.placement import Placement
+from cora.serve.placement import resolve as resolve_placement
 from cora.train.loop import make_accelerator, predict
 from cora.train.run import load_run
 
@@ -89,19 +91,27 @@ class Recommender:
         self._item_ids = np.array(sorted(self.catalog.titles), dtype=np.int64)
         positives = ds.split("train").query("label == 1")["iid"].to_numpy(dtype=np.int64)
         self._popularity = np.bincount(positives, minlength=int(self._item_ids.max(initial=0)) + 1)
+        self.threads = torch.get_num_threads()
 
     @classmethod
     def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
                  batch_size: int | None = None, catalog: Catalog | None = None,
-                 ids: DatasetIds | None = None) -> Recommender:
+                 ids: DatasetIds | None = None, placement: Placement | None = None,
+                 say: Callable[[str], None] = lambda line: None) -> Recommender:
         """Load ``run``'s best weights. ``cf``: a CF run for retrieval, needed only when the run's
-        method has no CF model of its own (it replaces the run's own CF model otherwise)."""
-        method, cfg, ds = load_run(run, backbone)
+        method has no CF model of its own (it replaces the run's own CF model otherwise).
+        ``placement``: device / dtype / threads (:mod:`cora.serve.placement`); ``say`` hears of any
+        change this machine forces."""
+        trained = llm_run_config(run)
+        where = resolve_placement(placement or Placement(), trained.device, trained.dtype, say)
+        method, cfg, ds = load_run(run, backbone, device=where.device, dtype=where.dtype)
         cf_model = None
         if cf is not None:
             cf_model, _, cf_ds = load_cf_run(cf)
             check_cf_dataset(cf, cf_ds, ds)
-        return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids)
+        rec = cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids)
+        rec.threads = where.threads
+        return rec
 
     # ---------------------------------------------------------------- facts
     @property
@@ -119,7 +129,9 @@ class Recommender:
                 "modules": self.cfg.modules if self.cfg.method == "cora" else None,
                 "dataset": self.ds.name, "domain": self.ds.domain,
                 "n_users": len(self.catalog.histories), "n_items": len(self.catalog.titles),
-                "cf_model": getattr(self.cf, "name", None), "id_maps": self.ids.mapped}
+                "cf_model": getattr(self.cf, "name", None), "id_maps": self.ids.mapped,
+                "device": str(self.accelerator.device), "dtype": self.cfg.dtype,
+                "threads": self.threads if self.accelerator.device.type == "cpu" else None}
 
     def title(self, iid: int) -> str:
         self.catalog.check_item(iid)

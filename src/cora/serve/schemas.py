@@ -181,6 +181,11 @@ class Info(BaseModel):
     cf_model: str | None
     id_maps: bool = Field(description="The dataset has id maps (users.parquet / items.parquet): its own ids "
                                       "differ from cora's. Without them the two are the same.")
+    device: str = Field(description="Where the model scores (cpu, cuda:N): --device, else where the run trained.")
+    dtype: str = Field(description="The precision it scores in: --dtype, else the run's (fp32 on a CPU "
+                                   "without units for it).")
+    threads: int | None = Field(description="torch's CPU threads (--threads, else the CPUs this process may use); "
+                                            "null on a GPU.")
     auth: bool = Field(description="Requests need an API key (Authorization: Bearer).")
     max_batch: int
     max_wait_ms: float

@@ -1,0 +1,71 @@
+"""Where, in what precision and on how many CPU threads a trained run scores (``recommend``,
+``score``, ``serve``, ``evaluate``).
+
+By default a run scores where and as it trained. This machine may differ: a run trained on a GPU
+scores on the CPU when there is no CUDA here, and bf16 / fp16 fall back to fp32 on a CPU without
+the matrix units for them (AVX512-BF16 / AMX), where they would run several times slower than
+fp32. Each such change is said in one line; an explicit ``--device cuda`` without CUDA is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cora.errors import CoraError
+from cora.llm.backbone import cpu_has_fast, resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a user asked for (None: the run's own / the machine's)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    device: str
+    dtype: str
+    threads: int
+
+
+def machine_threads() -> int:
+    """CPUs this process may run on (its affinity: a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve(asked: Placement, trained_device: str, trained_dtype: str,
+            say: Callable[[str], None] = lambda line: None) -> Resolved:
+    """The device, dtype and thread count to score with; sets torch's thread count."""
+    device = asked.device
+    if device is None:
+        device = trained_device
+        if device != "cpu" and not torch.cuda.is_available():
+            if device != "auto":
+                say(f"the run trained on {trained_device}; this machine has no CUDA: scoring on the CPU")
+            device = "cpu"
+    kind = resolve_device(device).type  # an explicit cuda without CUDA: one line, here
+    dtype = asked.dtype or trained_dtype
+    torch_dtype = resolve_dtype(dtype)
+    if kind == "cpu" and not cpu_has_fast(torch_dtype):
+        say(f"this CPU has no native {dtype} matrix units (AVX512-BF16 / AMX): scoring in fp32")
+        dtype = "fp32"
+    return Resolved(device=device, dtype=dtype, threads=set_threads(asked.threads))
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: ``threads``, else every CPU this process may use."""
+    if threads is not None and threads < 1:
+        raise CoraError(f"--threads {threads}: must be at least 1")
+    n = threads or machine_threads()
+    torch.set_num_threads(n)
+    return n
