@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -107,3 +108,21 @@ def test_the_service_says_where_it_scores(run):
     assert info["dtype"] in ("bf16", "fp32")  # fp32 where this CPU has no bf16 units
     assert served.method.llm.get_input_embeddings().weight.dtype == {"bf16": torch.bfloat16,
                                                                      "fp32": torch.float32}[info["dtype"]]
+
+
+def test_int8_quantises_the_frozen_decoder_linears_only(run, rec, monkeypatch):
+    from cora.serve.preflight import RunData
+
+    served = RunData.open(run).recommender(placement=Placement(device="cpu", dtype="int8", threads=1))
+    assert served.precision == "int8" and served.info()["dtype"] == "int8"
+    wrapped = served.method.adapter.wrapped.values()
+    assert all(w.weight.dtype == torch.qint8 for w in wrapped)  # the frozen product in int8 ...
+    assert all(w.lowrank_B.dtype == torch.float32 for w in wrapped)  # ... CoRA's own tensors in fp32
+    head = served.method.llm.get_output_embeddings()
+    assert head.weight.dtype == torch.float32  # the Yes row is read directly
+    uid = sorted(rec.catalog.train_users)[0]
+    pairs = [(uid, i) for i in sorted(rec.catalog.titles)[:6]]
+    assert np.abs(served.score_pairs(pairs) - rec.score_pairs(pairs)).max() < 0.05  # probabilities
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(CoraError, match="--dtype int8 .* runs on a CPU"):
+        resolve(Placement(device="cuda", dtype="int8"), "cpu", "fp32")

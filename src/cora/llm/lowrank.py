@@ -137,7 +137,8 @@ class CollaborativeLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads .weight.dtype / .device
-        return self.base.weight
+        weight = self.base.weight
+        return weight() if callable(weight) else weight  # a quantised linear's weight is a method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._weights.a_by_width is None:
@@ -257,7 +258,7 @@ class CollaborativeAdapter(nn.Module):
         first = next(iter(self.wrapped.values()))
         if _autocast_on(first.lowrank_B.device.type):
             return None
-        dtype = first.base.weight.dtype
+        dtype = first.weight.dtype  # int8 when the frozen linears are quantised: activations stay fp32
         return dtype if dtype.is_floating_point and dtype != torch.float32 else None
 
     def b_state_dict(self) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ By default a run scores where and as it trained. This machine may differ: a run 
 scores on the CPU when there is no CUDA here, and bf16 / fp16 fall back to fp32 on a CPU without
 the matrix units for them (AVX512-BF16 / AMX), where they would run several times slower than
 fp32. Each such change is said in one line; an explicit ``--device cuda`` without CUDA is an error.
+``int8`` (CPU only) loads fp32 weights and quantises the decoder's linears (:mod:`cora.llm.quantize`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ class Placement:
 @dataclass(frozen=True)
 class Resolved:
     device: str
-    dtype: str
+    dtype: str  # what the backbone loads in
     threads: int
+    int8: bool = False  # quantise its decoder linears after loading
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else self.dtype
 
 
 def machine_threads() -> int:
@@ -54,6 +60,10 @@ def resolve(asked: Placement, trained_device: str, trained_dtype: str,
                 say(f"the run trained on {trained_device}; this machine has no CUDA: scoring on the CPU")
             device = "cpu"
     kind = resolve_device(device).type  # an explicit cuda without CUDA: one line, here
+    if asked.dtype == "int8":
+        if kind != "cpu":
+            raise CoraError("--dtype int8 (dynamic quantisation) runs on a CPU; on a GPU use bf16 or fp16")
+        return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads), int8=True)
     dtype = asked.dtype or trained_dtype
     torch_dtype = resolve_dtype(dtype)
     if kind == "cpu" and not cpu_has_fast(torch_dtype):

@@ -92,6 +92,7 @@ class Recommender:
         positives = ds.split("train").query("label == 1")["iid"].to_numpy(dtype=np.int64)
         self._popularity = np.bincount(positives, minlength=int(self._item_ids.max(initial=0)) + 1)
         self.threads = torch.get_num_threads()
+        self.precision = cfg.dtype  # or int8 (from_run)
 
     @classmethod
     def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
@@ -105,12 +106,16 @@ class Recommender:
         trained = llm_run_config(run)
         where = resolve_placement(placement or Placement(), trained.device, trained.dtype, say)
         method, cfg, ds = load_run(run, backbone, device=where.device, dtype=where.dtype)
+        if where.int8:
+            from cora.llm.quantize import quantize_int8
+
+            quantize_int8(method.llm)
         cf_model = None
         if cf is not None:
             cf_model, _, cf_ds = load_cf_run(cf)
             check_cf_dataset(cf, cf_ds, ds)
         rec = cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids)
-        rec.threads = where.threads
+        rec.threads, rec.precision = where.threads, where.precision
         return rec
 
     # ---------------------------------------------------------------- facts
@@ -130,7 +135,7 @@ class Recommender:
                 "dataset": self.ds.name, "domain": self.ds.domain,
                 "n_users": len(self.catalog.histories), "n_items": len(self.catalog.titles),
                 "cf_model": getattr(self.cf, "name", None), "id_maps": self.ids.mapped,
-                "device": str(self.accelerator.device), "dtype": self.cfg.dtype,
+                "device": str(self.accelerator.device), "dtype": self.precision,
                 "threads": self.threads if self.accelerator.device.type == "cpu" else None}
 
     def title(self, iid: int) -> str:
