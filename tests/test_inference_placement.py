@@ -126,3 +126,16 @@ def test_int8_quantises_the_frozen_decoder_linears_only(run, rec, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(CoraError, match="--dtype int8 .* runs on a CPU"):
         resolve(Placement(device="cuda", dtype="int8"), "cpu", "fp32")
+
+
+def test_training_on_the_cpu_of_a_gpu_machine_by_default_is_said(monkeypatch):
+    from cora.cli import cpu_beside_gpu_note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100")
+    note = cpu_beside_gpu_note("cpu", "fp32", device_given=False)
+    assert note.startswith("this machine has CUDA (NVIDIA H100) but the run trains on the CPU in fp32")
+    assert cpu_beside_gpu_note("cpu", "fp32", device_given=True) is None  # asked for: nothing to say
+    assert cpu_beside_gpu_note("cuda", "bf16", device_given=False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cpu_beside_gpu_note("cpu", "fp32", device_given=False) is None

@@ -239,6 +239,8 @@ def train_cmd(
     changeable = {f.strip() for f in (allow_changed or "").split(",") if f.strip()}
     if changeable and not resume:
         raise CoraError("--allow-changed is for --resume (a new run has nothing to change)")
+    if note := cpu_beside_gpu_note(cfg.device, cfg.dtype, device_given="device" in base):
+        _say(note)
     summary = train_run(cfg, out, resume=resume, stage_from=dict(s.split("=", 1) for s in stage_from),
                         keep_checkpoint=keep_checkpoint, allow_changed=changeable)
     console.print_json(json.dumps(summary))
@@ -486,6 +488,16 @@ def _placement(device: str | None, dtype: str | None, threads: int | None):
     from cora.serve.placement import Placement
 
     return Placement(device=device, dtype=dtype, threads=threads)
+
+
+def cpu_beside_gpu_note(device: str, dtype: str, device_given: bool) -> str | None:
+    """A CPU run on a machine with CUDA, by default rather than by choice, is said in one line."""
+    import torch
+
+    if device_given or device != "cpu" or not torch.cuda.is_available():
+        return None
+    return (f"this machine has CUDA ({torch.cuda.get_device_name(0)}) but the run trains on the CPU in {dtype} "
+            "(the default): pass --device cuda (and --dtype bf16) to use it")
 
 
 def _say(line: str) -> None:
