@@ -336,9 +336,12 @@ def experiment_cmd(
                                         "recorded, and a run trained with another backbone is not resumed."),
     dtype: str | None = typer.Option(None, "--dtype", help="The LLM rows' precision (fp32 | bf16 | fp16) instead "
                                      "of the file's llm.dtype; rows that name their own dtype keep it."),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Run this many trainings at once, each in its own process "
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Run this many trainings at once, each in its own process "
                              "(a training starts when its CF model and stage donor have finished; logs in "
                              "<out>/logs/). On one GPU several small-model trainings fill each other's gaps."),
+    gpus: str | None = typer.Option(None, "--gpus", metavar="IDS", help="With --jobs: give each worker its own "
+                                    "GPU from this list (its CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3; list an id twice "
+                                    "to let two workers share it. --jobs defaults to the list's length."),
     deadline_min: float | None = typer.Option(None, "--deadline-min", min=0.1, help="With --jobs: stop the "
                                                  "trainings still running after this many minutes (they resume "
                                                  "from their last checkpoint next time), then write the results."),
@@ -355,7 +358,7 @@ def experiment_cmd(
     from cora.experiment.command import run_command
 
     run_command(config, only=only, report_only=report_only, device=device, tf32=tf32, jobs=jobs,
-                deadline_min=deadline_min, status=status, task=task, backbone=backbone, dtype=dtype)
+                deadline_min=deadline_min, status=status, task=task, backbone=backbone, dtype=dtype, gpus=gpus)
 
 
 @app.command("report")

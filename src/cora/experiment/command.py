@@ -19,9 +19,21 @@ console = make_console()  # what the command prints (its progress goes to stderr
 
 
 def run_command(config: Path, *, only: list[str] | None = None, report_only: bool = False, device: str | None = None,
-                tf32: bool = False, jobs: int = 1, deadline_min: float | None = None, status: bool = False,
-                task: str | None = None, backbone: str | None = None, dtype: str | None = None) -> None:
+                tf32: bool = False, jobs: int | None = None, deadline_min: float | None = None, status: bool = False,
+                task: str | None = None, backbone: str | None = None, dtype: str | None = None,
+                gpus: str | None = None) -> None:
     """What ``cora experiment`` does with its options (see its help in cora.cli)."""
+    refuse_distributed_launch(config)
+    gpu_ids = parse_gpus(gpus)
+    if jobs is None:
+        jobs = len(gpu_ids) if gpu_ids else 1
+    if gpu_ids:
+        if jobs > len(gpu_ids):
+            raise CoraError(f"--jobs {jobs} with --gpus {gpus}: one worker per listed GPU; list an id twice to "
+                            f"share it (e.g. --gpus {','.join(gpu_ids * 2)})")
+        if device is not None and device not in ("cuda", "auto"):
+            raise CoraError(f"--gpus gives each worker one GPU, seen as cuda; --device {device} contradicts it")
+        device = "cuda"
     exp = Experiment.load(config)
     exp.place(device, tf32, backbone, dtype)
     if status:
@@ -35,11 +47,17 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
         ensure_data(exp)  # once, before the workers start
         placement = ((["--device", device] if device else []) + (["--tf32"] if tf32 else [])
                      + (["--backbone", backbone] if backbone else []) + (["--dtype", dtype] if dtype else []))
-        states = run_parallel(exp, config, jobs, only, deadline_min * 60 if deadline_min else None, placement)
+        states = run_parallel(exp, config, jobs, only, deadline_min * 60 if deadline_min else None, placement,
+                              gpus=gpu_ids)
         console.print("  ".join(f"{name}: {state}" for name, state in states.items()))
         report_only = True
     elif deadline_min is not None:
         raise CoraError("--deadline-min needs --jobs N (N > 1)")
+    elif gpu_ids and not report_only:  # one worker on the one GPU listed
+        states = run_parallel(exp, config, 1, only, None, ["--device", "cuda"] + (["--tf32"] if tf32 else [])
+                              + (["--backbone", backbone] if backbone else []) + (["--dtype", dtype] if dtype else []),
+                              gpus=gpu_ids)
+        report_only = True
     results = write_results(exp) if report_only else run_experiment(exp, only)
     console.print((exp.results_root / "results.md").read_text())
     if results["missing"]:
@@ -47,3 +65,26 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
     # As the sequential loop: the results of what finished are written, then a failure is an error.
     if failed := [name for name, state in states.items() if state == "failed"]:
         raise CoraError(f"{len(failed)} training(s) failed ({', '.join(failed)}); see their logs in {exp.out}/logs/")
+
+
+def parse_gpus(gpus: str | None) -> list[str]:
+    """``"0,1,3"`` -> ``["0", "1", "3"]``: CUDA device ids, each a worker's CUDA_VISIBLE_DEVICES."""
+    if gpus is None:
+        return []
+    ids = [g.strip() for g in gpus.split(",")]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise CoraError(f"--gpus {gpus!r}: write GPU ids separated by commas, e.g. 0,1,2,3")
+    return ids
+
+
+def refuse_distributed_launch(config: Path) -> None:
+    """Under ``accelerate launch`` / torchrun every process would run the whole experiment: train
+    the CF models into the same folders and write the same results. Refused; the machine's GPUs
+    are used through ``--jobs --gpus`` instead (one row per GPU, no gradient traffic)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        n = os.environ["WORLD_SIZE"]
+        raise CoraError(f"cora experiment runs its rows side by side, not as one data-parallel job: instead of a "
+                        f"{n}-process launch run `cora experiment {config} --jobs {n} --gpus "
+                        f"{','.join(str(i) for i in range(int(n)))}` (one row per GPU)")

@@ -38,6 +38,7 @@ class Task:
     proc: subprocess.Popen | None = None
     started: float = 0.0
     state: str = "waiting"         # waiting, running, done, failed, skipped, stopped
+    gpu: str | None = None         # its CUDA_VISIBLE_DEVICES under --gpus
 
 
 def parse_task(exp, name: str) -> Training:
@@ -68,8 +69,11 @@ def plan_tasks(exp, only: list[str] | None = None) -> list[Task]:
 
 
 def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, deadline_s: float | None = None,
-                 placement: list[str] | None = None, poll_s: float = 2.0) -> dict[str, str]:
-    """Run the planned tasks, at most ``jobs`` at a time; returns each task's final state."""
+                 placement: list[str] | None = None, poll_s: float = 2.0,
+                 gpus: list[str] | None = None) -> dict[str, str]:
+    """Run the planned tasks, at most ``jobs`` at a time; returns each task's final state. ``gpus``:
+    each running task holds one of these ids as its CUDA_VISIBLE_DEVICES (an id listed twice: two
+    tasks may share that GPU), given back when it ends."""
     if jobs < 1:
         raise CoraError(f"--jobs must be >= 1 (got {jobs})")
     tasks = plan_tasks(exp, only)
@@ -79,12 +83,15 @@ def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, de
     console.print(f"[bold]{len(tasks)} trainings, {jobs} at a time[/]"
                   + (f", stopping at {deadline_s:.0f} s" if deadline_s else ""))
     by_name = {t.name: t for t in tasks}
+    free_gpus = list(gpus or [])
     previous = _stop_on_sigterm()
     try:
         while True:
             for t in tasks:
                 if t.state == "running" and t.proc.poll() is not None:
                     t.state = "done" if t.proc.returncode == 0 else "failed"
+                    if t.gpu is not None:
+                        free_gpus.append(t.gpu)
                     console.print(f"{time.time() - t0:7.0f} s  {t.name}: {t.state} "
                                   f"({time.time() - t.started:.0f} s; log {logs / _log_name(t.name)})")
                 if t.state == "waiting" and any(by_name[n].state in ("failed", "skipped", "stopped") for n in t.needs):
@@ -95,13 +102,18 @@ def run_parallel(exp, config: Path, jobs: int, only: list[str] | None = None, de
                 if running >= jobs:
                     break
                 if t.state == "waiting" and all(by_name[n].state == "done" for n in t.needs):
+                    env = None
+                    if gpus:
+                        t.gpu = free_gpus.pop(0)
+                        env = {**os.environ, "CUDA_VISIBLE_DEVICES": t.gpu}
                     t.proc = subprocess.Popen(
                         [sys.executable, "-m", "cora", "experiment", str(config), "--task", t.name, *(placement or [])],
-                        stdout=(logs / _log_name(t.name)).open("a"), stderr=subprocess.STDOUT,
+                        stdout=(logs / _log_name(t.name)).open("a"), stderr=subprocess.STDOUT, env=env,
                         start_new_session=True)  # its own group: a stop reaches its children too
                     t.state, t.started = "running", time.time()
                     running += 1
-                    console.print(f"{time.time() - t0:7.0f} s  {t.name}: started")
+                    console.print(f"{time.time() - t0:7.0f} s  {t.name}: started"
+                                  + (f" on GPU {t.gpu}" if t.gpu is not None else ""))
             if all(t.state not in ("waiting", "running") for t in tasks):
                 break
             if deadline_s is not None and time.time() - t0 > deadline_s:

@@ -48,7 +48,10 @@ def hardware(device: torch.device, cfg: LLMConfig) -> str:
     fp32 matmul mode and dtype) or 'cpu' with its thread count; samples/s means nothing without it."""
     if device.type == "cuda":
         mode = "tf32" if cfg.tf32 and cfg.dtype == "fp32" else cfg.dtype
-        return f"{torch.cuda.get_device_name(device)} {mode}"
+        # Under `cora experiment --gpus` a worker sees one GPU as cuda:0: name the machine's id.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        which = f" (GPU {visible})" if visible and "," not in visible else ""
+        return f"{torch.cuda.get_device_name(device)}{which} {mode}"
     return f"cpu x{torch.get_num_threads()} {cfg.dtype}"
 
 
