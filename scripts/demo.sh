@@ -15,13 +15,14 @@ mkdir -p "$RUN"
 
 if [ ! -f "$RUN/data/meta.json" ]; then
   if [ -z "$DATA" ]; then
-    echo "== no local ML-1M copy given: downloading from GroupLens"
-    cora data download movielens --out "$RUN/ml-1m.zip"
-    DATA="$RUN/ml-1m.zip"
+    echo "== no local ML-1M copy given: downloading the paper's splits (CoLLM's zip, sha256-pinned)"
+    cora data download collm-ml1m --out "$RUN/collm-ml-1m.zip"
+    DATA="$RUN/collm-ml-1m.zip"
   fi
   if python -c 'import sys, zipfile; sys.exit(not any(n.endswith("train_ood2.pkl") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$DATA" 2>/dev/null; then
     # The CoLLM splits are pickles: importing them runs code from the file. This is the copy
-    # the paper used, shipped beside the project, so the demo trusts it explicitly.
+    # the paper used (a downloaded one is checked against its pinned sha256), so the demo
+    # trusts it explicitly.
     echo "== importing CoLLM splits from $DATA"
     cora data import-collm "$DATA" --out "$RUN/data" --trust-pickle
   else

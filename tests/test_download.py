@@ -212,3 +212,48 @@ def test_cli_404(server, tmp_path):
     res = _cli("--out", str(tmp_path), "--url", f"{base}/nothing.zip", "--sha256", "0" * 64)
     assert res.returncode != 0
     assert "HTTP 404" in res.stderr and "\n" not in res.stderr.strip()
+
+
+def test_the_papers_splits_download_pinned_and_checked(server, tmp_path, shared_data):
+    """`cora data download collm-ml1m`: the pinned sha256 is that of the copy the tests read (the
+    CoLLM repository's blob, checked from a clone); a changed file is refused and not saved."""
+    import shutil
+
+    from cora.data.download import COLLM_ML1M_SHA256, download_collm_ml1m
+
+    base, www = server
+    shutil.copy(shared_data / "collm-ml-1m.zip", www / "ml-1m.zip")
+    assert hashlib.sha256((www / "ml-1m.zip").read_bytes()).hexdigest() == COLLM_ML1M_SHA256
+    path = download_collm_ml1m(tmp_path / "dl", url=f"{base}/ml-1m.zip")
+    assert path == tmp_path / "dl" / "collm-ml-1m.zip" and path.stat().st_size == 4134100
+    (www / "other.zip").write_bytes(b"PK not the splits")
+    with pytest.raises(CoraError, match="sha256 mismatch"):
+        download_collm_ml1m(tmp_path / "dl2", url=f"{base}/other.zip")
+    assert not (tmp_path / "dl2" / "collm-ml-1m.zip").exists()
+
+
+def test_an_experiment_source_may_be_a_download_name_or_a_local_copy(tmp_path, monkeypatch):
+    """`source: collm-ml1m` downloads the splits once beside `data`; `--source FILE` uses a copy."""
+    from types import SimpleNamespace
+
+    from cora.data import collm_import
+    from cora.experiment import command
+    from cora.experiment.execute import ensure_data
+
+    fetched, imported = [], []
+
+    def fake_download(path):
+        fetched.append(path)
+        Path(path).write_bytes(b"zip")
+
+    monkeypatch.setitem(download.DOWNLOADS, "collm-ml1m", (fake_download, "collm-ml-1m.zip"))
+    monkeypatch.setattr(collm_import, "import_collm", lambda src, out, trust_pickle: imported.append(Path(src)))
+    exp = SimpleNamespace(data=str(tmp_path / "runs" / "ml1m"), source="collm-ml1m", trust_pickle=True)
+    (tmp_path / "runs").mkdir()
+    ensure_data(exp)
+    assert fetched == [tmp_path / "runs" / "collm-ml-1m.zip"] and imported == fetched
+    exp.source = "collm-ml1m"
+    ensure_data(exp)  # the copy is there: no second download
+    assert len(fetched) == 1 and len(imported) == 2
+    with pytest.raises(CoraError, match="--source nowhere.zip: no such file"):
+        command.run_command(Path("x.yaml"), source=Path("nowhere.zip"))

@@ -43,7 +43,7 @@ def test_a_field_without_declaration_is_found():
 
 def test_stage_and_placement_sets_derive_from_the_kinds():
     assert config.PLACEMENT_FIELDS == {"device", "tf32", "checkpoint_every_min", "max_skipped_steps",
-                                       "gradient_checkpointing"}
+                                       "gradient_checkpointing", "report_to"}
     assert config.STAGE_FIELDS == fields_of_kind(LLMConfig, "loop")
     assert {"lr", "batch_size", "max_steps", "patience"} <= config.STAGE_FIELDS
     # What a stage may set by itself is only loop settings (BinLLM's codes stage: lr, batch).

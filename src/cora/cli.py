@@ -61,6 +61,20 @@ def data_download_movielens(
     console.print(f"saved {path}")
 
 
+@download_app.command("collm-ml1m")
+def data_download_collm_ml1m(
+    out: Path = typer.Option(..., "--out", help="Where to save collm-ml-1m.zip (a file path, or a folder)."),
+    url: str | None = typer.Option(None, help="Override the download URL (mirrors, tests)."),
+    sha256: str | None = typer.Option(None, help="Override the expected sha256."),
+) -> None:
+    """Download the paper's ML-1M splits (CoLLM's collm-datasets/ml-1m.zip, pinned commit and
+    sha256); then: cora data import-collm FILE --out runs/ml1m --trust-pickle."""
+    from cora.data.download import download_collm_ml1m
+
+    path = download_collm_ml1m(out, url=url, sha256=sha256)
+    console.print(f"saved {path}")
+
+
 @data_app.command("import-collm")
 def data_import_collm(
     src: Path = typer.Argument(..., help="CoLLM-format zip or folder (train_ood2.pkl, valid_ood2.pkl, test_ood2.pkl)."),
@@ -339,6 +353,8 @@ def experiment_cmd(
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="Run this many trainings at once, each in its own process "
                              "(a training starts when its CF model and stage donor have finished; logs in "
                              "<out>/logs/). On one GPU several small-model trainings fill each other's gaps."),
+    source: Path | None = typer.Option(None, "--source", help="A local copy of the data the file's `source` "
+                                       "names (e.g. collm-ml-1m.zip), instead of downloading it."),
     gpus: str | None = typer.Option(None, "--gpus", metavar="IDS", help="With --jobs: give each worker its own "
                                     "GPU from this list (its CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3; list an id twice "
                                     "to let two workers share it. --jobs defaults to the list's length."),
@@ -358,7 +374,8 @@ def experiment_cmd(
     from cora.experiment.command import run_command
 
     run_command(config, only=only, report_only=report_only, device=device, tf32=tf32, jobs=jobs,
-                deadline_min=deadline_min, status=status, task=task, backbone=backbone, dtype=dtype, gpus=gpus)
+                deadline_min=deadline_min, status=status, task=task, backbone=backbone, dtype=dtype, gpus=gpus,
+                source=source)
 
 
 @app.command("report")

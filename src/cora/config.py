@@ -148,6 +148,10 @@ class LLMConfig(_YamlConfig):
     # default (torch's default). Ignored on a CPU.
     tf32: bool = setting(False, _BOOL, "CUDA only: fp32 matrix products on TF32 tensor cores (recorded).",
                          kind="placement")
+    # Where each validation's log record also goes (accelerate's trackers; cora.train.trackers). A
+    # window on log.jsonl, not a result: changeable on resume.
+    report_to: str = setting("", _STR, "Trackers to report each validation to, comma-separated: tensorboard, "
+                             "wandb, mlflow, ... (accelerate's; written under RUN/trackers).", kind="placement")
     # sdpa: torch's fused kernels (transformers' default); eager: the modeling file's plain
     # softmax(QK^T)V, slower, for bisecting a kernel's numerics. A different kernel is a different
     # rounding, so it is compared on resume like the dtype.

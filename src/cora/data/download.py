@@ -35,6 +35,13 @@ ML1M_FILENAME = "ml-1m.zip"
 ML1M_SHA256: str | None = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
 ML1M_SIZE = 5917549  # bytes of the GroupLens ml-1m.zip
 ML1M_MEMBER = "ml-1m/ratings.dat"
+# The paper's ML-1M splits: CoLLM's collm-datasets/ml-1m.zip (the CoRA paper uses CoLLM's data),
+# pinned to a commit of zyang1580/CoLLM; its sha256 is the git blob's content, computed from a
+# clone of that commit (blob b619201f), and equal to the copy the project's tests read.
+COLLM_ML1M_URL = ("https://raw.githubusercontent.com/zyang1580/CoLLM/"
+                  "48042b168bb5aa41b42e9c89e7582b718e301556/collm-datasets/ml-1m.zip")
+COLLM_ML1M_FILENAME = "collm-ml-1m.zip"
+COLLM_ML1M_SHA256 = "3e24968eca5707fbd0bd14d375ee47ef9a6f281de91bba06ef9fc19b66699503"
 CHUNK_BYTES = 1 << 16
 TIMEOUT_S = 60
 USER_AGENT = "cora-dataset-download"
@@ -55,6 +62,23 @@ def download_movielens(out: str | os.PathLike, *, url: str | None = None, sha256
             _console().print(f"sha256 {digest}  (no pinned checksum: checked size and contents; "
                              f"pass --sha256 {digest} to pin it)", highlight=False, soft_wrap=True)
     return target
+
+
+def download_collm_ml1m(out: str | os.PathLike, *, url: str | None = None, sha256: str | None = None) -> Path:
+    """Download the paper's ML-1M splits (CoLLM's zip) to ``out`` (a file, or a folder ->
+    ``out/collm-ml-1m.zip``); its sha256 must match (pinned, or ``sha256``)."""
+    target = resolve_target(out, COLLM_ML1M_FILENAME)
+    url = url or COLLM_ML1M_URL
+    expected = _normalise_sha256(sha256 or COLLM_ML1M_SHA256)
+    _make_parent(target)
+    with atomic_path(target) as tmp:
+        digest, _ = fetch(url, tmp)
+        _check_sha256(url, expected, digest)
+    return target
+
+
+# What an experiment file's `source:` may name instead of a path: downloaded (checked) on first use.
+DOWNLOADS = {"collm-ml1m": (download_collm_ml1m, COLLM_ML1M_FILENAME)}
 
 
 def resolve_target(out: str | os.PathLike, filename: str) -> Path:

@@ -21,7 +21,7 @@ console = make_console()  # what the command prints (its progress goes to stderr
 def run_command(config: Path, *, only: list[str] | None = None, report_only: bool = False, device: str | None = None,
                 tf32: bool = False, jobs: int | None = None, deadline_min: float | None = None, status: bool = False,
                 task: str | None = None, backbone: str | None = None, dtype: str | None = None,
-                gpus: str | None = None) -> None:
+                gpus: str | None = None, source: Path | None = None) -> None:
     """What ``cora experiment`` does with its options (see its help in cora.cli)."""
     refuse_distributed_launch(config)
     gpu_ids = parse_gpus(gpus)
@@ -34,7 +34,11 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
         if device is not None and device not in ("cuda", "auto"):
             raise CoraError(f"--gpus gives each worker one GPU, seen as cuda; --device {device} contradicts it")
         device = "cuda"
+    if source is not None and not source.is_file():
+        raise CoraError(f"--source {source}: no such file")
     exp = Experiment.load(config)
+    if source is not None:  # a local copy of what the file's `source` names
+        exp.source = str(source)
     exp.place(device, tf32, backbone, dtype)
     if status:
         console.print(status_table(experiment_status(exp, only)))

@@ -31,12 +31,22 @@ console = make_console(stderr=True)
 
 
 def ensure_data(exp: Experiment) -> None:
-    """Import the dataset from ``source`` when its folder is not there yet."""
+    """Import the dataset from ``source`` when its folder is not there yet. ``source`` is a file, or
+    a download name (``collm-ml1m``: the paper's splits), fetched and checked beside ``data`` once."""
     if (Path(exp.data) / "meta.json").exists():
         return
     if not exp.source:
         raise CoraError(f"{exp.data}: dataset folder not found and no 'source' to import it from")
     from cora.data.collm_import import import_collm
+    from cora.data.download import DOWNLOADS
+
+    if exp.source in DOWNLOADS:
+        download, filename = DOWNLOADS[exp.source]
+        local = Path(exp.data).parent / filename
+        if not local.exists():
+            console.print(f"[bold]downloading[/] {exp.source} -> {local} (a local copy: --source PATH)")
+            download(local)
+        exp.source = str(local)
 
     if not exp.trust_pickle:
         raise CoraError(f"{exp.source}: CoLLM's files are pickles, which can run code when loaded; add "

@@ -5,7 +5,8 @@ Config (YAML)::
     name: ml1m-table3
     budget: "CPU, 2 cores: about N hours"      # printed in results.md
     data: runs/ml1m                            # dataset folder
-    source: ../shared/data/collm-ml-1m.zip     # optional: imported into `data` when absent
+    source: collm-ml1m                         # optional: imported into `data` when absent; a file, or
+                                               # a download name (cora.data.download.DOWNLOADS)
     trust_pickle: true                         # CoLLM's zip holds pickles: the file vouches for its source
     out: runs/experiments/ml1m-table3
     test_limit: 1500                           # whole-user test sample of ~N rows; null = all

@@ -39,6 +39,7 @@ from cora.train.checkpoint import (
 )
 from cora.memory import phase_peak, reset_peak
 from cora.train.precision import Precision, autocast_for
+from cora.train.trackers import Trackers
 from cora.train.sampling import EpochBatches
 from cora.train.schedule import warmup_cosine
 
@@ -206,6 +207,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         # again: drop them, or the log would hold them twice.
         os.truncate(log_path, st.log_bytes)
     log = open(log_path, "a")
+    trackers = Trackers(cfg.report_to if acc.is_main_process else "", out.name, out, cfg.to_dict())
     # t0 starts the training clock (time_s, wall_time_s), set back by the time trained before a
     # resume; `started` times this process alone, for its samples/s.
     # A checkpoint written at the validation that ran out of patience (killed before the summary)
@@ -302,6 +304,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     st.running, st.grad_norms = [], []
                     progress.update(task, info=bar_info(record["loss"] or math.nan, rate))  # the best may have changed
                     if acc.is_main_process:
+                        trackers.log(record, st.step)
                         try:
                             log.write(json.dumps(record) + "\n")
                             log.flush()
@@ -327,6 +330,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                 if st.step >= cfg.max_steps or stop_reason != "max_steps":
                     break
     log.close()
+    trackers.close()
     summary = {"steps": st.step, "stop_reason": stop_reason, "best_step": st.best["step"], "skipped_steps": st.skipped,
                f"best_valid_{cfg.selection_metric}": st.best["score"], "wall_time_s": round(time.time() - t0, 1),
                "samples_per_s": round(seen / max(time.time() - started, 1e-9), 2),

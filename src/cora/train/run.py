@@ -19,6 +19,7 @@ import torch
 from cora import layout
 from cora.cf.train import check_cf_dataset, load_cf_run
 from cora.config import PLACEMENT_FIELDS, LLMConfig, llm_run_config
+from cora.train.trackers import check_trackers
 from cora.data.sampling import sample_rows, sample_users, split_key
 from cora.data.store import Dataset, load_dataset
 from cora.errors import CoraError
@@ -118,6 +119,7 @@ def train_run(cfg: LLMConfig, out: str | Path, resume: bool = False, show_progre
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CoraError(f"{out}: exists and is not a folder (choose another --out)")
+    check_trackers(cfg.report_to)  # a missing tracker package: one line, before the backbone loads
     # Under `accelerate launch` every process runs this; one of them opens the run folder. The
     # process group is set up here, with the CPU flag, before anything asks who is main.
     acc = make_accelerator(cfg)
