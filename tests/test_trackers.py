@@ -23,6 +23,9 @@ class RecordingTracker:
         self.config, self.logged, self.finished = None, [], False
         RecordingTracker.made.append(self)
 
+    def start(self):
+        self.started = True
+
     def store_init_configuration(self, values):
         self.config = values
 
@@ -40,7 +43,8 @@ def test_each_validation_reaches_the_tracker(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train_run(tiny_config(tmp_path, max_steps=4, eval_every=2, report_to="tensorboard"), out, show_progress=False)
     (tracker,) = RecordingTracker.made
-    assert tracker.run_name == "run" and tracker.logging_dir == str(out / "trackers") and tracker.finished
+    assert tracker.run_name == "run" and tracker.logging_dir == str(out / "trackers")
+    assert tracker.started and tracker.finished
     assert tracker.config["method"] == "cora" and tracker.config["report_to"] == "tensorboard"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [step for step, _ in tracker.logged] == [r["step"] for r in log] == [2, 4]
@@ -56,3 +60,20 @@ def test_a_missing_or_unknown_tracker_is_one_line_before_training(tmp_path, monk
     with pytest.raises(CoraError, match="--report-to tensorbored: not a tracker; choose from"):
         train_run(tiny_config(tmp_path, report_to="tensorbored"), tmp_path / "b", show_progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_tensorboard_event_files_are_written_and_read_back(tmp_path):
+    """The real tracker, offline: every validation's scalars are in RUN/trackers, at their steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train_run(tiny_config(tmp_path, max_steps=4, eval_every=2, report_to="tensorboard"), out, show_progress=False)
+    events = EventAccumulator(str(out / "trackers" / "run"))  # <logging dir>/<run name>
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "valid_auc", "valid_uauc", "grad_norm", "samples_per_s", "skipped_steps",
+            "peak_rss_mb"} <= tags
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    got = events.Scalars("valid_auc")
+    assert [e.step for e in got] == [r["step"] for r in log] == [2, 4]
+    assert [e.value for e in got] == pytest.approx([r["valid_auc"] for r in log], abs=1e-6)  # stored as fp32

@@ -304,7 +304,10 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     st.running, st.grad_norms = [], []
                     progress.update(task, info=bar_info(record["loss"] or math.nan, rate))  # the best may have changed
                     if acc.is_main_process:
-                        trackers.log(record, st.step)
+                        if trackers.open:  # both validation metrics and the phase's peak memory, beside the record
+                            other = "uauc" if cfg.selection_metric == "auc" else "auc"
+                            trackers.log({**record, f"valid_{other}": selection_score(
+                                valid_labels, valid_users, scores, other), **phase_peak(peak_resettable)}, st.step)
                         try:
                             log.write(json.dumps(record) + "\n")
                             log.flush()

@@ -47,6 +47,8 @@ class Trackers:
             cls = LOGGER_TYPE_TO_CLASS[name]
             kwargs = {"logging_dir": str(Path(out) / "trackers")} if "logging_dir" in inspect.signature(cls).parameters else {}
             tracker = cls(run_name, **kwargs)
+            if hasattr(tracker, "start"):  # accelerate >= 1.x opens the writer / run here
+                tracker.start()
             tracker.store_init_configuration({k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
             self.open.append(tracker)
 
