@@ -556,12 +556,13 @@ def test_a_deadline_stops_running_trainings_which_resume_later(tmp_path):
     assert "TALLRec: stopped" in res.stdout and "not finished" in res.stdout and "ICL: done" in res.stdout
     assert (tmp_path / "exp" / "tallrec" / "checkpoint").exists()  # resumable
     # --status reads where each training stands from the folders alone.
-    res = run_cli("experiment", cfg, "--status", env={**os.environ, "COLUMNS": "120"})
+    res = run_cli("experiment", cfg, "--status", env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stdout + res.stderr
     lines = {line.split("│")[1].strip(): line for line in res.stdout.splitlines() if line.count("│") > 3}
     assert "finished" in lines["ICL"]
     step = json.loads((tmp_path / "exp" / "tallrec" / "checkpoint" / "state.json").read_text())["state"]["step"]
     assert "training" in lines["TALLRec"] and f"{step}/100000" in lines["TALLRec"]
+    assert "backbone-llama cpu fp32" in lines["TALLRec"]  # where it computes, as planned
     # Time to the cap: hours on a slow machine, minutes on a fast one (291 samples/s gave "22 min").
     assert re.search(r"│\s*\d+(\.\d)? (h|min)\s*│\s*$", lines["TALLRec"]), lines["TALLRec"]
     res = run_cli("experiment", cfg, "--deadline-min", "1")

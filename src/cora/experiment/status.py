@@ -31,6 +31,7 @@ class TrainingStatus:
     rate: float | None = None   # samples/s of the last validation's process
     left_s: float | None = None  # to the cap at that rate (an upper bound)
     detail: str = ""
+    placed: str = ""      # an LLM training's backbone, device and precision ("vicuna-7b-v1.5 cuda fp32+tf32")
 
 
 def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus]:
@@ -48,8 +49,15 @@ def experiment_status(exp, only: list[str] | None = None) -> list[TrainingStatus
         status = _llm_status(t.name, t.run, t.config)
         if status.state == "not started" and t.name in committed:
             status.state, status.detail = "committed", f"from {exp.results_root / 'results.json'}"
+        status.placed = placed(t.config)
         out.append(status)
     return out
+
+
+def placed(cfg) -> str:
+    """Where and how a training computes, as the file and the command's overrides set it."""
+    backbone = Path(cfg.backbone).name if "/" in cfg.backbone and Path(cfg.backbone).exists() else cfg.backbone
+    return f"{backbone} {cfg.device} {cfg.dtype}" + ("+tf32" if cfg.tf32 and cfg.dtype == "fp32" else "")
 
 
 def _cf_status(name: str, run: Path) -> TrainingStatus:
@@ -102,12 +110,13 @@ def status_table(statuses: list[TrainingStatus], now: float | None = None):
 
     now = time.time() if now is None else now
     table = Table(title="trainings", title_justify="left")
-    for col in ("training", "state", "step", "best valid", "saved", "samples/s", "to the cap, at most"):
+    for col in ("training", "backbone, device, precision", "state", "step", "best valid", "saved", "samples/s",
+                "to the cap, at most"):
         table.add_column(col, justify="right" if col in ("step", "samples/s") else "left", overflow="fold")
     for s in statuses:
         step = "" if s.step is None else (f"{s.step}/{s.cap}" if s.cap else str(s.step))
         state = " ".join(x for x in (s.state, s.stage and f"(stage {s.stage})", s.detail) if x)
-        table.add_row(s.name, state, step, s.best, _ago(now - s.saved) if s.saved else "",
+        table.add_row(s.name, s.placed, state, step, s.best, _ago(now - s.saved) if s.saved else "",
                       f"{s.rate:.2f}" if s.rate else "", _duration(s.left_s) if s.left_s is not None else "")
     return table
 
