@@ -2,7 +2,7 @@
 each mode's answers are from fp32's.
 
     python benchmarks/recommend_latency.py RUN [--users 20] [--candidates 100] [--k 10]
-        [--modes fp32,bf16,int8] [--threads 1,2] [--auc-rows 300] [--cold] [--out FILE.json]
+        [--modes fp32,bf16,bf16-mixed,int8] [--threads 1,2] [--auc-rows 300] [--cold] [--out FILE.json]
 
 RUN: a trained CoRA run. Users: half with the shortest histories, half with the longest (prompt
 length follows the history). For each mode (dtype x threads), in one process:
@@ -39,6 +39,7 @@ import pandas as pd
 from rich.table import Table
 
 from cora.data.sampling import sample_users
+from cora.eval.bootstrap import paired_bootstrap
 from cora.eval.metrics import auc
 from cora.progress import make_console
 from cora.serve import recommend as recommend_module
@@ -95,11 +96,13 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def test_auc(rec, rows: int) -> float:
+def test_predictions(rec, rows: int) -> pd.DataFrame:
+    """Scores of the seeded test sample (prompts as in the test split), as the service scores."""
     df = sample_users(rec.ds.split("test"), rows, seed=0, per_user=10)
     encoded = rec.method.encode(df, rec.ds.domain)
-    scores = predict(rec.method, encoded, rec.batch_size, rec.accelerator)
-    return auc(encoded.frame["label"].to_numpy(), scores)
+    with rec.scoring_precision():  # bf16-mixed's autocast
+        scores = predict(rec.method, encoded, rec.batch_size, rec.accelerator)
+    return encoded.frame.assign(score=scores)[["uid", "iid", "label", "score", "not_cold"]]
 
 
 def cold_cli(run: str, user: str, dtype: str, threads: int, candidates: int, k: int) -> tuple[float, float]:
@@ -147,7 +150,9 @@ def measure_mode(run: str, dtype: str, threads: int, users: list[int] | None, ar
               **{f"{p}_p50_s": round(pct(v, 50), 3) for p, v in phases.items()},
               "users": users, "probabilities": probabilities}
     if args.auc_rows and threads == args.auc_threads:  # AUC does not depend on the thread count
-        result["test_auc"] = test_auc(rec, args.auc_rows)
+        frame = test_predictions(rec, args.auc_rows)
+        result["test_auc"] = auc(frame["label"].to_numpy(), frame["score"].to_numpy())
+        result["_test_frame"] = frame
     if args.cold:
         startup, whole = cold_cli(run, str(rec.ids.users.original(users[0])), dtype, threads, args.candidates, args.k)
         result.update(cold_startup_s=round(startup, 2), cold_total_s=round(whole, 2))
@@ -170,13 +175,27 @@ def agreement(mode: dict, ref: dict, k: int) -> dict:
     return out
 
 
+def auc_intervals(results: list[dict]) -> dict[str, list[float]]:
+    """Each mode's test AUC minus fp32's, 95 % paired user-bootstrap interval (same rows, same users)."""
+    frames = {r["dtype"]: [r.pop("_test_frame")] for r in results if "_test_frame" in r}
+    if "fp32" not in frames or len(frames) < 2:
+        return {}
+    boot = paired_bootstrap(frames, reference="fp32")
+    out = {}
+    for mode, row in boot["by_row"].items():
+        if mode != "fp32" and row.get("vs_reference"):
+            lo, hi = row["vs_reference"]["delta_auc_ci95"]  # fp32 - mode
+            out[mode] = [round(-hi, 4), round(-lo, 4)]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--modes", default="fp32,bf16,int8")
+    parser.add_argument("--modes", default="fp32,bf16,bf16-mixed,int8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--auc-rows", type=int, default=300)
     parser.add_argument("--cold", action="store_true")
@@ -195,18 +214,23 @@ def main() -> None:
             results.append(r)
     table = Table(title=f"{args.candidates} candidates, {len(users)} users ({args.run}; {platform.processor() or platform.machine()})")
     for c in ("mode", "threads", "loading s", "warm p50 s", "warm p95 s", "retrieval", "prompts", "scoring",
-              "cold s", "Spearman", f"top-{args.k} overlap", "test AUC", "AUC - fp32"):
+              "cold s", "Spearman", f"top-{args.k} overlap", "test AUC", "AUC - fp32 [95 %]"):
         table.add_column(c, justify="right")
+    intervals = auc_intervals(results)
     for r in results:
         ref = next(x for x in results if x["dtype"] == "fp32" and x["threads"] == r["threads"])
         agree = agreement(r, ref, args.k)
+        if "auc_minus_fp32" in agree and r["dtype"] in intervals:
+            agree["auc_minus_fp32_ci95"] = intervals[r["dtype"]]
         r["agreement"] = agree
         table.add_row(r["dtype"], str(r["threads"]), f"{r['loading_s']:.1f}", f"{r['warm_p50_s']:.1f}",
                       f"{r['warm_p95_s']:.1f}", f"{r.get('retrieval_p50_s', 0):.3f}", f"{r.get('prompts_p50_s', 0):.2f}",
                       f"{r.get('scoring_p50_s', 0):.1f}", f"{r['cold_total_s']:.1f}" if "cold_total_s" in r else "-",
                       f"{agree['spearman']:.4f}", f"{agree['top_overlap']:.2f}",
                       f"{r['test_auc']:.4f}" if "test_auc" in r else "-",
-                      f"{agree['auc_minus_fp32']:+.4f}" if "auc_minus_fp32" in agree else "-")
+                      f"{agree['auc_minus_fp32']:+.4f}" + (" [{:+.4f}, {:+.4f}]".format(*agree["auc_minus_fp32_ci95"])
+                                                           if "auc_minus_fp32_ci95" in agree else "")
+                      if "auc_minus_fp32" in agree else "-")
     console.print(table)
     if args.out:
         for r in results:

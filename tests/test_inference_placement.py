@@ -139,3 +139,21 @@ def test_training_on_the_cpu_of_a_gpu_machine_by_default_is_said(monkeypatch):
     assert cpu_beside_gpu_note("cuda", "bf16", device_given=False) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cpu_beside_gpu_note("cpu", "fp32", device_given=False) is None
+
+
+def test_bf16_mixed_keeps_fp32_weights_and_multiplies_in_bf16(run, rec, monkeypatch):
+    from cora.serve.preflight import RunData
+
+    monkeypatch.setattr(placement, "cpu_has_fast", lambda dtype: True)
+    served = RunData.open(run).recommender(placement=Placement(device="cpu", dtype="bf16-mixed", threads=1))
+    assert served.info()["dtype"] == "bf16-mixed"
+    assert served.method.llm.get_input_embeddings().weight.dtype == torch.float32
+    with served.scoring_precision():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    uid = sorted(rec.catalog.train_users)[0]
+    pairs = [(uid, i) for i in sorted(rec.catalog.titles)[:6]]
+    assert np.abs(served.score_pairs(pairs) - rec.score_pairs(pairs)).max() < 0.05
+    said = []
+    monkeypatch.setattr(placement, "cpu_has_fast", lambda dtype: dtype == torch.float32)
+    assert resolve(Placement(dtype="bf16-mixed"), "cpu", "fp32", said.append).precision == "fp32"
+    assert said and "scoring in fp32" in said[0]

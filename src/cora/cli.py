@@ -495,9 +495,10 @@ def _device_option():
 
 
 def _dtype_option():
-    return typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 | int8 instead of the run's precision (on a "
-                        "CPU without bf16 / fp16 matrix units: fp32, said in one line; int8: dynamic quantisation "
-                        "of the frozen linears, CPU only).")
+    return typer.Option(None, "--dtype", help="fp32 | bf16 | bf16-mixed | fp16 | int8 instead of the run's "
+                        "precision (on a CPU without bf16 / fp16 matrix units: fp32, said in one line; bf16-mixed: "
+                        "fp32 weights, bf16 matrix products; int8: dynamic quantisation of the frozen linears, "
+                        "CPU only).")
 
 
 def _threads_option():

@@ -6,6 +6,9 @@ scores on the CPU when there is no CUDA here, and bf16 / fp16 fall back to fp32 
 the matrix units for them (AVX512-BF16 / AMX), where they would run several times slower than
 fp32. Each such change is said in one line; an explicit ``--device cuda`` without CUDA is an error.
 ``int8`` (CPU only) loads fp32 weights and quantises the decoder's linears (:mod:`cora.llm.quantize`).
+``bf16-mixed`` keeps the weights in fp32 and runs the matrix products in bf16 under autocast: the
+residual stream, norms and softmax stay fp32, so it lands nearer fp32 than pure bf16 at about the
+same speed (benchmarks/recommend_latency.py).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ class Resolved:
     dtype: str  # what the backbone loads in
     threads: int
     int8: bool = False  # quantise its decoder linears after loading
+    bf16_mixed: bool = False  # fp32 weights, bf16 autocast while scoring
 
     @property
     def precision(self) -> str:
-        return "int8" if self.int8 else self.dtype
+        return "int8" if self.int8 else "bf16-mixed" if self.bf16_mixed else self.dtype
 
 
 def machine_threads() -> int:
@@ -64,6 +68,11 @@ def resolve(asked: Placement, trained_device: str, trained_dtype: str,
         if kind != "cpu":
             raise CoraError("--dtype int8 (dynamic quantisation) runs on a CPU; on a GPU use bf16 or fp16")
         return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads), int8=True)
+    if asked.dtype == "bf16-mixed":
+        if kind == "cpu" and not cpu_has_fast(torch.bfloat16):
+            say("this CPU has no native bf16 matrix units (AVX512-BF16 / AMX): scoring in fp32")
+            return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads))
+        return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads), bf16_mixed=True)
     dtype = asked.dtype or trained_dtype
     torch_dtype = resolve_dtype(dtype)
     if kind == "cpu" and not cpu_has_fast(torch_dtype):

@@ -13,6 +13,7 @@ commands and the HTTP service translate the dataset's own ids at their edge (:mo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -158,13 +159,24 @@ class Recommender:
         df = self.catalog.prompt_rows(pairs)
         encoded = self.method.encode(df, self.ds.domain)
         batch_size = batch_size or self.batch_size
+        with self.scoring_precision():
+            return self._scores(encoded, batch_size, show_progress, keep_going)
+
+    def scoring_precision(self):
+        """bf16-mixed: the matrix products in bf16, everything else as loaded (fp32)."""
+        if self.precision != "bf16-mixed":
+            return contextlib.nullcontext()
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+
+    def _scores(self, encoded, batch_size: int, show_progress: bool,
+                keep_going: Callable[[], bool] | None) -> np.ndarray | None:
         if keep_going is None:
             return predict(self.method, encoded, batch_size, self.accelerator,
                            show_progress=show_progress, description=f"{self.cfg.method} scoring")
         # The forward passes predict() would run (rows sorted by prompt length, batch_size at a
         # time: the same batches, so the same scores), one call each, asking in between.
         order = np.argsort(encoded.lengths, kind="stable")
-        out = np.empty(len(pairs), dtype=np.float64)
+        out = np.empty(len(encoded), dtype=np.float64)
         for start in range(0, len(order), batch_size):
             if not keep_going():
                 return None
