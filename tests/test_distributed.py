@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
           2, tmp_path, sgd=True)
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    # How the global batch was made is recorded: the same 4 rows per step, 1 x 4 or 2 x 2.
+    for run, processes, per_process in (("one", 1, 4), ("two", 2, 2)):
+        summary = json.loads((tmp_path / run / "train_summary.json").read_text())
+        assert (summary["processes"], summary["per_process_batch"], summary["grad_accum"],
+                summary["global_batch"]) == (processes, per_process, 1, 4)
     from cora.train.run import build_method
 
     init = build_method(cfg)[0].trainable_state_dict()  # the seeded initial weights both runs start from

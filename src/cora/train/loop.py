@@ -340,7 +340,10 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                "logit_offset": round(float(unwrapped.logit_offset), 4),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "memory": {**memory, "train": phase_peak(since_reset=peak_resettable)},
-               "hardware": hardware(acc.device, cfg)}
+               "hardware": hardware(acc.device, cfg),
+               # The global batch and how it was made: a resume with another process count is refused.
+               "processes": world, "per_process_batch": cfg.batch_size, "grad_accum": cfg.grad_accum,
+               "global_batch": cfg.batch_size * world * cfg.grad_accum}
     if acc.is_main_process:
         write_json(summary_path, summary)
         if not keep_checkpoint:
