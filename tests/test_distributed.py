@@ -81,3 +81,14 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     # Forward only, no optimizer to amplify: one row's score depends only on its own prompt (and
     # its padding in a batch, which the length-sorted shards may change), to a few ulps.
     assert double["score"].to_numpy() == pytest.approx(single["score"].to_numpy(), abs=1e-5, rel=1e-5)
+
+
+def test_an_accelerate_config_asking_for_mixed_precision_is_one_line(monkeypatch, tmp_path):
+    """cora's precision is its --dtype; an accelerate config's mixed_precision would be silently
+    overridden, so it is refused with what to do instead."""
+    from cora.errors import CoraError
+    from cora.train.loop import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(CoraError, match="asks for mixed_precision bf16; .* set mixed_precision: no .* --dtype bf16"):
+        make_accelerator(tiny_config(tmp_path))

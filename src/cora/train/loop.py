@@ -81,6 +81,11 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
     # beside a model on the GPU. Outside a distributed launch, start the state afresh.
     from accelerate.state import AcceleratorState, PartialState
 
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if asked != "no":  # an accelerate config's mixed precision would be silently overridden below
+        raise CoraError(f"your accelerate config asks for mixed_precision {asked}; cora's precision is its own "
+                        f"--dtype (fp32 | bf16 | fp16 with loss scaling): set mixed_precision: no in the config "
+                        f"and pass --dtype {'fp16' if asked == 'fp16' else 'bf16'}")
     have = PartialState._shared_state.get("device")
     if have is not None and (have.type == "cuda") != cuda and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -164,7 +169,13 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     memory = dict(getattr(method, "memory", {}))  # the load's peak, when this process loaded the backbone
     peak_resettable = reset_peak()  # from here on: the training phase's peak
     acc = make_accelerator(cfg)
-    opt = _optimizer(method, cfg)
+    # The model is prepared before the optimizer is built: an engine that shards parameters (FSDP)
+    # replaces them in prepare, and an optimizer built earlier would hold the old tensors.
+    if not any(p.requires_grad for p in method.parameters()):  # before DDP says it in its words
+        raise CoraError(f"method '{cfg.method}' has no trainable parameters: evaluate it directly")
+    model = acc.prepare(method)
+    unwrapped: LLMMethod = acc.unwrap_model(model)
+    opt = _optimizer(unwrapped, cfg)
     # The cosine spans lr_horizon (the reference's max_epoch x iters_per_epoch), not the steps this
     # run may take: a run stopped early has trained at the reference's lr, not at a decayed one.
     sched = warmup_cosine(opt, cfg.lr, cfg.warmup_start_lr, cfg.warmup_steps, cfg.min_lr,
@@ -178,8 +189,7 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                            lengths=train.lengths, window=cfg.bucket_window)
     if len(sampler) == 0:
         raise CoraError(f"training split has {len(train)} rows, fewer than one batch of {cfg.batch_size * world}")
-    model, opt = acc.prepare(method, opt)
-    unwrapped: LLMMethod = acc.unwrap_model(model)
+    opt = acc.prepare(opt)
     precision = Precision(cfg.dtype, acc.device)
 
     st = LoopState(world_size=world)
