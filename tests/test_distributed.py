@@ -92,3 +92,15 @@ def test_an_accelerate_config_asking_for_mixed_precision_is_one_line(monkeypatch
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     with pytest.raises(CoraError, match="asks for mixed_precision bf16; .* set mixed_precision: no .* --dtype bf16"):
         make_accelerator(tiny_config(tmp_path))
+
+
+@pytest.mark.parametrize("flag, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharded_launch_is_refused_rather_than_run_as_something_else(monkeypatch, tmp_path, flag, name):
+    """accelerate 1.16 runs an FSDP launch on a CPU as plain DDP (measured: DistributedType.MULTI_CPU);
+    on a GPU CoRA's cross-layer B and one-writer checkpoints would meet sharded parameters."""
+    from cora.errors import CoraError
+    from cora.train.loop import make_accelerator
+
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(CoraError, match=f"{name} \\(sharded training\\) is not supported yet: .* --multi_gpu"):
+        make_accelerator(tiny_config(tmp_path))
