@@ -97,7 +97,7 @@ def test_an_accelerate_config_asking_for_mixed_precision_is_one_line(monkeypatch
 @pytest.mark.parametrize("flag, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
 def test_a_sharded_launch_is_refused_rather_than_run_as_something_else(monkeypatch, tmp_path, flag, name):
     """accelerate 1.16 runs an FSDP launch on a CPU as plain DDP (measured: DistributedType.MULTI_CPU);
-    on a GPU CoRA's cross-layer B and one-writer checkpoints would meet sharded parameters."""
+    on a GPU the loop's one-writer checkpoints would meet sharded parameters."""
     from cora.errors import CoraError
     from cora.train.loop import make_accelerator
 

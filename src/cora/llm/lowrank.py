@@ -90,8 +90,11 @@ class _PairWeights:
     def __init__(self) -> None:
         self.set(None, None)
 
-    def set(self, a_by_width: dict[int, torch.Tensor] | None, b_by_group: list[torch.Tensor] | None) -> None:
-        self.a_by_width, self.b_by_group = a_by_width, b_by_group
+    def set(self, a_by_width: dict[int, torch.Tensor] | None, b_by_group: list[torch.Tensor] | None,
+            per_group: tuple[float, torch.dtype | None] | None = None) -> None:
+        """``b_by_group`` None with ``per_group`` (scale, dtype): each group concatenates its own
+        B's when its first module runs (sharded parameters are whole only inside their layer)."""
+        self.a_by_width, self.b_by_group, self.per_group = a_by_width, b_by_group, per_group
         self.last_x: torch.Tensor | None = None
         self.last_group: _InputGroup | None = None
         self.last_update: tuple[torch.Tensor, ...] = ()
@@ -106,7 +109,13 @@ class _PairWeights:
             raise CoraError(f"collaborative weights are for {a.shape[0]} samples but the batch has {x.shape[0]}")
         h = torch.bmm(dropout(x).reshape(x.shape[0], -1, x.shape[-1]), a)  # (batch, T, r)
         # One split, not a slice per member: its backward is one concatenation.
-        update = torch.mm(h.reshape(-1, a.shape[-1]), self.b_by_group[group.index]).split(group.widths, dim=1)
+        if self.b_by_group is not None:
+            b = self.b_by_group[group.index]
+        else:
+            scale, dtype = self.per_group
+            b = torch.cat([m.lowrank_B for m in group.members], dim=1) * scale
+            b = b if dtype is None else b.to(dtype)
+        update = torch.mm(h.reshape(-1, a.shape[-1]), b).split(group.widths, dim=1)
         self.last_x, self.last_group, self.last_update = x, group, update
         return update
 
@@ -238,19 +247,26 @@ class CollaborativeAdapter(nn.Module):
             need = set(self.input_widths) - set(a_by_width)
             if need:
                 raise CoraError(f"collaborative weights missing for input width(s) {sorted(need)}")
-        previous = self._weights.a_by_width, self._weights.b_by_group
+        previous = self._weights.a_by_width, self._weights.b_by_group, self._weights.per_group
         if a_by_width is None:
             self._weights.set(None, None)
         else:
             dtype = self._compute_dtype()
             if dtype is not None:  # once per forward, not per module (module docstring)
                 a_by_width = {w: a if a.dtype == dtype else a.to(dtype) for w, a in a_by_width.items()}
-            self._weights.set(a_by_width, self._b_by_group())
+            if self._sharded():  # FSDP: a layer's B is whole only while that layer runs
+                self._weights.set(a_by_width, None, per_group=(self.alpha / self.rank, dtype))
+            else:
+                self._weights.set(a_by_width, self._b_by_group())
         try:
             yield
         finally:
             if not hold:
                 self._weights.set(*previous)
+
+    def _sharded(self) -> bool:
+        """Whether an engine holds the B's as shards now (FSDP2's DTensors between layer passes)."""
+        return any(type(w.lowrank_B).__name__ == "DTensor" for w in self.wrapped.values())
 
     def _compute_dtype(self) -> torch.dtype | None:
         """The frozen weights' dtype when A and B must be cast to it; None under autocast (it casts)

@@ -84,10 +84,10 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
     sharded = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
                if os.environ.get(flag, "").lower() == "true"]
     if sharded:  # accelerate would run it as DDP on a CPU, and CoRA's path is not shard-aware yet
-        raise CoraError(f"{sharded[0]} (sharded training) is not supported yet: CoRA concatenates every layer's "
-                        "B once per forward and one process writes the checkpoints, neither of which holds for "
-                        "sharded parameters (and accelerate runs FSDP as plain DDP on a CPU); launch with "
-                        "--multi_gpu (DDP) instead (docs/gpu.md)")
+        raise CoraError(f"{sharded[0]} (sharded training) is not supported yet: the loop's checkpoints are "
+                        "written by one process from whole tensors, which sharded parameters are not (and "
+                        "accelerate runs FSDP as plain DDP on a CPU); launch with --multi_gpu (DDP) instead "
+                        "(docs/gpu.md)")
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if asked != "no":  # an accelerate config's mixed precision would be silently overridden below
         raise CoraError(f"your accelerate config asks for mixed_precision {asked}; cora's precision is its own "
