@@ -47,7 +47,7 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
     if task is not None:
         run_task(exp, task)
         return
-    if jobs > 1 and not report_only:
+    if (jobs > 1 or gpu_ids) and not report_only:  # worker processes (one GPU listed: one worker on it)
         ensure_data(exp)  # once, before the workers start
         placement = ((["--device", device] if device else []) + (["--tf32"] if tf32 else [])
                      + (["--backbone", backbone] if backbone else []) + (["--dtype", dtype] if dtype else []))
@@ -56,12 +56,7 @@ def run_command(config: Path, *, only: list[str] | None = None, report_only: boo
         console.print("  ".join(f"{name}: {state}" for name, state in states.items()))
         report_only = True
     elif deadline_min is not None:
-        raise CoraError("--deadline-min needs --jobs N (N > 1)")
-    elif gpu_ids and not report_only:  # one worker on the one GPU listed
-        states = run_parallel(exp, config, 1, only, None, ["--device", "cuda"] + (["--tf32"] if tf32 else [])
-                              + (["--backbone", backbone] if backbone else []) + (["--dtype", dtype] if dtype else []),
-                              gpus=gpu_ids)
-        report_only = True
+        raise CoraError("--deadline-min needs --jobs N (N > 1) or --gpus")
     results = write_results(exp) if report_only else run_experiment(exp, only)
     console.print((exp.results_root / "results.md").read_text())
     if results["missing"]:

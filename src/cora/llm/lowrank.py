@@ -77,6 +77,12 @@ class _InputGroup:
         self.widths = [m.out_features for m in members]
 
 
+def _scaled_concat(bs: list[torch.Tensor], scale: float, dtype: torch.dtype | None) -> torch.Tensor:
+    """``s [B_1|...|B_n]``, cast to ``dtype`` when one is given."""
+    b = torch.cat(bs, dim=1) * scale
+    return b if dtype is None else b.to(dtype)
+
+
 class _PairWeights:
     """What one forward pass gives every wrapped module: the pair's A per input width and each
     group's ``s [B_1|...|B_n]``, cast once to the compute dtype; plus the last group's update.
@@ -112,9 +118,7 @@ class _PairWeights:
         if self.b_by_group is not None:
             b = self.b_by_group[group.index]
         else:
-            scale, dtype = self.per_group
-            b = torch.cat([m.lowrank_B for m in group.members], dim=1) * scale
-            b = b if dtype is None else b.to(dtype)
+            b = _scaled_concat([m.lowrank_B for m in group.members], *self.per_group)
         update = torch.mm(h.reshape(-1, a.shape[-1]), b).split(group.widths, dim=1)
         self.last_x, self.last_group, self.last_update = x, group, update
         return update
@@ -216,13 +220,10 @@ class CollaborativeAdapter(nn.Module):
                 w._group, w._member = group, j
         return groups
 
-    def _b_by_group(self) -> list[torch.Tensor]:
+    def _b_by_group(self, dtype: torch.dtype | None) -> list[torch.Tensor]:
         """``s [B_1|...|B_n]`` of every group, in the compute dtype: one concatenation, one scaling
         and at most one cast per forward, whatever the number of layers."""
-        b_all = torch.cat([w.lowrank_B for g in self._groups for w in g.members], dim=1) * (self.alpha / self.rank)
-        dtype = self._compute_dtype()
-        if dtype is not None:
-            b_all = b_all.to(dtype)
+        b_all = _scaled_concat([w.lowrank_B for g in self._groups for w in g.members], self.alpha / self.rank, dtype)
         return list(b_all.split([sum(g.widths) for g in self._groups], dim=1))
 
     def train(self, mode: bool = True):
@@ -257,7 +258,7 @@ class CollaborativeAdapter(nn.Module):
             if self._sharded():  # FSDP: a layer's B is whole only while that layer runs
                 self._weights.set(a_by_width, None, per_group=(self.alpha / self.rank, dtype))
             else:
-                self._weights.set(a_by_width, self._b_by_group())
+                self._weights.set(a_by_width, self._b_by_group(dtype))
         try:
             yield
         finally:

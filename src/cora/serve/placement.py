@@ -68,17 +68,13 @@ def resolve(asked: Placement, trained_device: str, trained_dtype: str,
         if kind != "cpu":
             raise CoraError("--dtype int8 (dynamic quantisation) runs on a CPU; on a GPU use bf16 or fp16")
         return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads), int8=True)
-    if asked.dtype == "bf16-mixed":
-        if kind == "cpu" and not cpu_has_fast(torch.bfloat16):
-            say("this CPU has no native bf16 matrix units (AVX512-BF16 / AMX): scoring in fp32")
-            return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads))
-        return Resolved(device=device, dtype="fp32", threads=set_threads(asked.threads), bf16_mixed=True)
-    dtype = asked.dtype or trained_dtype
-    torch_dtype = resolve_dtype(dtype)
-    if kind == "cpu" and not cpu_has_fast(torch_dtype):
+    mixed = asked.dtype == "bf16-mixed"  # its matrix products are bf16's: the same units decide
+    dtype = "bf16" if mixed else asked.dtype or trained_dtype
+    if kind == "cpu" and not cpu_has_fast(resolve_dtype(dtype)):
         say(f"this CPU has no native {dtype} matrix units (AVX512-BF16 / AMX): scoring in fp32")
-        dtype = "fp32"
-    return Resolved(device=device, dtype=dtype, threads=set_threads(asked.threads))
+        dtype, mixed = "fp32", False
+    return Resolved(device=device, dtype="fp32" if mixed else dtype, threads=set_threads(asked.threads),
+                    bf16_mixed=mixed)
 
 
 def set_threads(threads: int | None) -> int:

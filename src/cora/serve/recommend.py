@@ -80,7 +80,8 @@ class Recommender:
     """A loaded run (method in eval mode), its dataset's catalog and, where there is one, a CF model."""
 
     def __init__(self, method: LLMMethod, cfg: LLMConfig, ds: Dataset, cf_model=None, run: str | Path = "",
-                 batch_size: int | None = None, catalog: Catalog | None = None, ids: DatasetIds | None = None):
+                 batch_size: int | None = None, catalog: Catalog | None = None, ids: DatasetIds | None = None,
+                 precision: str | None = None, threads: int | None = None):
         """``catalog`` / ``ids``: built from ``ds`` unless given (by :class:`~cora.serve.preflight.RunData`,
         which builds them before the model loads to check the ids asked for)."""
         self.method, self.cfg, self.ds, self.run = method, cfg, ds, str(run)
@@ -92,8 +93,9 @@ class Recommender:
         self._item_ids = np.array(sorted(self.catalog.titles), dtype=np.int64)
         positives = ds.split("train").query("label == 1")["iid"].to_numpy(dtype=np.int64)
         self._popularity = np.bincount(positives, minlength=int(self._item_ids.max(initial=0)) + 1)
-        self.threads = torch.get_num_threads()
-        self.precision = cfg.dtype  # or int8 (from_run)
+        # What it scores in (cfg.dtype, or int8 / bf16-mixed: cora.serve.placement) and on how many threads.
+        self.precision = precision or cfg.dtype
+        self.threads = threads or torch.get_num_threads()
 
     @classmethod
     def from_run(cls, run: str | Path, cf: str | Path | None = None, backbone=None,
@@ -115,9 +117,8 @@ class Recommender:
         if cf is not None:
             cf_model, _, cf_ds = load_cf_run(cf)
             check_cf_dataset(cf, cf_ds, ds)
-        rec = cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids)
-        rec.threads, rec.precision = where.threads, where.precision
-        return rec
+        return cls(method, cfg, ds, cf_model, run=run, batch_size=batch_size, catalog=catalog, ids=ids,
+                   precision=where.precision, threads=where.threads)
 
     # ---------------------------------------------------------------- facts
     @property

@@ -83,7 +83,7 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
 
     sharded = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
                if os.environ.get(flag, "").lower() == "true"]
-    if sharded:  # accelerate would run it as DDP on a CPU, and CoRA's path is not shard-aware yet
+    if sharded:  # accelerate would run it as DDP on a CPU, and the checkpoints need whole tensors
         raise CoraError(f"{sharded[0]} (sharded training) is not supported yet: the loop's checkpoints are "
                         "written by one process from whole tensors, which sharded parameters are not (and "
                         "accelerate runs FSDP as plain DDP on a CPU); launch with --multi_gpu (DDP) instead "
@@ -133,9 +133,7 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
 
 
 def _optimizer(method: LLMMethod, cfg: LLMConfig) -> torch.optim.Optimizer:
-    params = [p for p in method.parameters() if p.requires_grad]
-    if not params:
-        raise CoraError(f"method '{cfg.method}' has no trainable parameters: evaluate it directly")
+    params = [p for p in method.parameters() if p.requires_grad]  # fit checked there are some
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -26,13 +26,15 @@ def tracker_names(report_to: str) -> list[str]:
     return names
 
 
-def check_trackers(report_to: str) -> None:
-    """Each named tracker exists and its package is installed (one line otherwise)."""
+def check_trackers(report_to: str) -> list[str]:
+    """The named trackers, each existing and its package installed (one line otherwise)."""
     import accelerate.utils
 
-    for name in tracker_names(report_to):
+    names = tracker_names(report_to)
+    for name in names:
         if not getattr(accelerate.utils, f"is_{name}_available", lambda: True)():
             raise CoraError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
+    return names
 
 
 class Trackers:
@@ -41,9 +43,8 @@ class Trackers:
     def __init__(self, report_to: str, run_name: str, out: Path, config: dict):
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-        check_trackers(report_to)
         self.open = []
-        for name in tracker_names(report_to):
+        for name in check_trackers(report_to):
             cls = LOGGER_TYPE_TO_CLASS[name]
             kwargs = {"logging_dir": str(Path(out) / "trackers")} if "logging_dir" in inspect.signature(cls).parameters else {}
             tracker = cls(run_name, **kwargs)
