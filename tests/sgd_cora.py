@@ -14,7 +14,8 @@ import cora.train.loop as loop
 
 
 def _sgd(method, cfg):
-    return torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=cfg.lr)
+    # Momentum: a state the checkpoints must carry (its buffer is linear in the gradients too).
+    return torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=cfg.lr, momentum=0.9)
 
 
 loop._optimizer = _sgd

@@ -52,3 +52,15 @@ def test_tf32_and_bf16_stay_near_fp32_on_cuda(root, tmp_path):
     assert torch.backends.cuda.matmul.allow_tf32  # the run set it from its config
     bf16 = _scores(dataclasses.replace(cfg, dtype="bf16"), tmp_path / "bf16")
     assert np.abs(tf32 - fp32).max() < 5e-2 and np.abs(bf16 - fp32).max() < 2e-1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_1_is_honoured_by_train_and_evaluate(root, tmp_path):
+    """--device cuda:1 trains and scores on the second GPU, not on cuda:0 or the CPU."""
+    cfg = tiny_config(root, method="cora", max_steps=2, eval_every=2, limit_valid=16, lora_dropout=0.0,
+                      gen_dropout=0.0)
+    first = _scores(dataclasses.replace(cfg, device="cuda:0"), tmp_path / "gpu0")
+    torch.cuda.reset_peak_memory_stats(1)
+    second = _scores(dataclasses.replace(cfg, device="cuda:1"), tmp_path / "gpu1")
+    assert torch.cuda.max_memory_allocated(1) > 0
+    assert np.abs(second - first).max() < 1e-4  # the same kernels on the same kind of card

@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 
 from llm_fixtures import tiny_config
 
+# benchmarks/gpu_check.sh runs these on 2 GPUs (NCCL) with CORA_TEST_DEVICE=cuda; CI on gloo CPUs.
+DEVICE = os.environ.get("CORA_TEST_DEVICE", "cpu")
+
 
 SGD_CORA = str(Path(__file__).with_name("sgd_cora.py"))
 
@@ -39,7 +42,7 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     # AdamW's 1/sqrt(v) turns those ulps into lr-sized steps wherever a gradient is near 0, on
     # some CPUs and not others. SGD keeps the difference linear in the gradient's rounding.
     cfg = tiny_config(tmp_path, max_steps=3, eval_every=3, warmup_steps=1, gen_dropout=0.0, lora_dropout=0.0,
-                      eval_batch_size=7, device="cpu", lr=0.05)
+                      eval_batch_size=7, device=DEVICE, lr=0.05)
     cfg.save(tmp_path / "cfg.yaml")
     _cora(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "one"), "--batch-size", "4"],
           1, tmp_path, sgd=True)
@@ -94,13 +97,37 @@ def test_an_accelerate_config_asking_for_mixed_precision_is_one_line(monkeypatch
         make_accelerator(tiny_config(tmp_path))
 
 
-@pytest.mark.parametrize("flag, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_a_sharded_launch_is_refused_rather_than_run_as_something_else(monkeypatch, tmp_path, flag, name):
-    """accelerate 1.16 runs an FSDP launch on a CPU as plain DDP (measured: DistributedType.MULTI_CPU);
-    on a GPU the loop's one-writer checkpoints would meet sharded parameters."""
+def test_a_deepspeed_launch_is_refused_rather_than_run_as_something_else(monkeypatch, tmp_path):
     from cora.errors import CoraError
     from cora.train.loop import make_accelerator
 
-    monkeypatch.setenv(flag, "true")
-    with pytest.raises(CoraError, match=f"{name} \\(sharded training\\) is not supported yet: .* --multi_gpu"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(CoraError, match="DeepSpeed is not supported: .* configs/accelerate-fsdp.yaml .* --multi_gpu"):
         make_accelerator(tiny_config(tmp_path))
+
+
+@pytest.mark.parametrize("version, dtype, message", [
+    ("1", "fp32", "asks for FSDP version 1; cora trains under FSDP2 only: set fsdp_version: 2"),
+    ("2", "fp16", "--dtype fp16 .* is not supported under FSDP: use --dtype bf16 or fp32"),
+])
+def test_an_fsdp_launch_the_loop_cannot_run_is_one_line(monkeypatch, tmp_path, version, dtype, message):
+    """FSDP1's flat parameters hide the B's the adapter reads; fp16's scaler does not unscale shards."""
+    from cora.errors import CoraError
+    from cora.train.loop import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", version)
+    with pytest.raises(CoraError, match=message):
+        make_accelerator(tiny_config(tmp_path, dtype=dtype))
+
+
+def test_a_method_trained_in_stages_is_refused_under_fsdp(tmp_path):
+    """FSDP shards once, at prepare; CoLLM's stages change which parameters train."""
+    from types import SimpleNamespace
+
+    from cora.errors import CoraError
+    from cora.train.run import _train_run
+
+    sharded = SimpleNamespace(is_fsdp2=True, is_main_process=True, wait_for_everyone=lambda: None)
+    with pytest.raises(CoraError, match=r"method 'collm' trains in stages \(.*\), which FSDP does not support yet"):
+        _train_run(tiny_config(tmp_path, method="collm"), tmp_path / "run", sharded, False, False, None, None, False)

@@ -126,7 +126,9 @@ def test_outputs_and_gradients_equal_the_unfused_formula(modules, dtype, tol, gr
     token, module and layer, and the fused path sums q/k/v's share inside one matmul rather than
     with two adds: measured up to 1.2e-5 of the largest A gradient, B's below 5e-6."""
     model = _llama(2, dtype)
-    adapter = CollaborativeAdapter(model, modules=modules, rank=4, alpha=8.0, dropout=0.0).to(dtype)
+    adapter = CollaborativeAdapter(model, modules=modules, rank=4, alpha=8.0, dropout=0.0)
+    cast_parameters(model, dtype)  # the B's are the model's parameters (inside its layers)
+    assert len(list(adapter.parameters())) == len(adapter.wrapped)  # adapter.zero_grad() below reaches them
     _randomise_b(adapter)
     ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
     results = []

@@ -267,7 +267,7 @@ def test_resume_with_another_number_of_processes_is_refused(root, tmp_path):
     opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     sched = warmup_cosine(opt, 1e-3, 0.0, 1, 0.0, 10)
     with pytest.raises(CoraError, match=r"trained by 1 process\(es\), resumed by 2: .*resume it with 1"):
-        load_loop(out / "checkpoint", opt, sched, world_size=2)
+        load_loop(out / "checkpoint", sched, world_size=2)
 
 
 def test_evaluate_scores_in_another_dtype_and_says_so(root, tmp_path):

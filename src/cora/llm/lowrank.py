@@ -173,7 +173,8 @@ def _autocast_on(device_type: str) -> bool:
 
 
 class CollaborativeAdapter(nn.Module):
-    """Wraps the selected linear modules of every decoder layer; owns the B matrices.
+    """Wraps the selected linear modules of every decoder layer and drives them. The B matrices
+    are parameters of the wrapped modules, inside the model: move or cast the model, not this.
 
     Use::
 
@@ -202,9 +203,17 @@ class CollaborativeAdapter(nn.Module):
         missing = sorted(set(targets) - found)
         if missing:
             raise CoraError(f"this model has no {', '.join(missing)} modules for --modules {modules}")
-        # Registered here only for parameter bookkeeping; the modules live inside the model.
-        self._b = nn.ParameterDict({n.replace(".", "__"): w.lowrank_B for n, w in self.wrapped.items()})
+        # The B's are the wrapped modules' own parameters, registered there alone (inside the
+        # model's decoder layers): a second registration here would make FSDP see each B shared
+        # between a layer's shard group and the root's.
         self._groups = self._group_by_input()
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """The B's this adapter drives, so ``adapter.parameters()`` and ``zero_grad()`` reach
+        them; none of its own (``recurse=False``: what FSDP and the model's own listing read)."""
+        if recurse:
+            for name, w in self.wrapped.items():
+                yield f"{prefix}{'.' if prefix else ''}{name}.lowrank_B", w.lowrank_B
 
     def _group_by_input(self) -> list[_InputGroup]:
         """q/k/v (and gate/up) of one layer form one group; every other module is its own. The

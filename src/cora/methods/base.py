@@ -72,6 +72,9 @@ class LLMMethod(nn.Module):
         self.bos_token_id = backbone.bos_token_id
         self.pad_token_id = backbone.tokenizer.pad_token_id
         self.cf = cf_model
+        # The backbone's decoder-layer classes: what FSDP shards as one unit each when the launch's
+        # config names none (accelerate reads the attribute of the model it prepares: this one).
+        self._no_split_modules = list(getattr(self.llm, "_no_split_modules", None) or [])
         # A constant subtracted from every Yes logit (0 = the raw logit). The raw Yes logit of an
         # instruction-tuned LLM sits far from 0 (SmolLM2: about +14), so BCE starts near 7 and a
         # short budget is spent shifting all scores instead of ranking them. The loop sets it

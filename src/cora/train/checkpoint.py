@@ -108,11 +108,12 @@ class LoopState:
     world_size: int = 1
 
 
-def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, opt, sched) -> None:
-    """The last state of a run (main process only): trainable tensors, optimizer, scheduler, RNGs
-    and the counters of ``st``, swapped in atomically."""
+def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, optimizer_state: dict, sched) -> None:
+    """The last state of a run (main process only): whole trainable tensors, the optimizer's
+    state (as ``Optimizer.state_dict``), scheduler, RNGs and the counters of ``st``, swapped in
+    atomically."""
     save_checkpoint(folder, trainable, {
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "optimizer": optimizer_state, "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state(),
         # The generator of the GPU this process computes on, not of every visible one: a resume
         # where fewer GPUs are visible restores it too.
@@ -122,14 +123,13 @@ def save_loop(folder: Path, trainable: dict[str, torch.Tensor], st: LoopState, o
         "skipped_in_row": st.skipped_in_row, "precision": st.precision, "world_size": st.world_size})
 
 
-def load_loop(folder: Path, opt, sched, world_size: int = 1) -> tuple[dict[str, torch.Tensor], LoopState]:
-    """The trainable tensors and counters of the checkpoint in ``folder``; the optimizer,
+def load_loop(folder: Path, sched, world_size: int = 1) -> tuple[dict[str, torch.Tensor], dict, LoopState]:
+    """The trainable tensors, optimizer state and counters of the checkpoint in ``folder``; the
     scheduler and RNGs are restored in place. ``world_size``: the processes resuming it."""
     trainable, state = load_checkpoint(folder)
     if (saved := state.get("world_size", 1)) != world_size:  # before anything is restored
         raise CoraError(f"{folder}: trained by {saved} process(es), resumed by {world_size}: the order of the "
                         f"training rows depends on the number of processes; resume it with {saved}")
-    opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state["cuda_rng"]:
@@ -142,4 +142,4 @@ def load_loop(folder: Path, opt, sched, world_size: int = 1) -> tuple[dict[str, 
                    grad_norms=list(state.get("grad_norms", [])), skipped=state.get("skipped", 0),
                    skipped_in_row=state.get("skipped_in_row", 0), precision=dict(state.get("precision") or {}),
                    world_size=saved)
-    return trainable, st
+    return trainable, state["optimizer"], st

@@ -37,6 +37,14 @@ from cora.train.checkpoint import (
     save_loop,
     save_tensors,
 )
+from cora.train.sharding import (
+    is_sharded,
+    load_whole_optimizer_state,
+    load_whole_trainable_state,
+    total_grad_norm,
+    whole_optimizer_state,
+    whole_trainable_state,
+)
 from cora.memory import phase_peak, reset_peak
 from cora.train.precision import Precision, autocast_for
 from cora.train.trackers import Trackers
@@ -81,13 +89,13 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
     # beside a model on the GPU. Outside a distributed launch, start the state afresh.
     from accelerate.state import AcceleratorState, PartialState
 
-    sharded = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-               if os.environ.get(flag, "").lower() == "true"]
-    if sharded:  # accelerate would run it as DDP on a CPU, and the checkpoints need whole tensors
-        raise CoraError(f"{sharded[0]} (sharded training) is not supported yet: the loop's checkpoints are "
-                        "written by one process from whole tensors, which sharded parameters are not (and "
-                        "accelerate runs FSDP as plain DDP on a CPU); launch with --multi_gpu (DDP) instead "
-                        "(docs/gpu.md)")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise CoraError("DeepSpeed is not supported: ZeRO-3 keeps a layer's parameters partitioned outside its forward, "
+                        "and CoRA's adapter is tested under FSDP2 only; launch with configs/accelerate-fsdp.yaml "
+                        "(FSDP2) or --multi_gpu (DDP) instead (docs/gpu.md)")
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if fsdp:
+        check_fsdp_launch(cfg)
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if asked != "no":  # an accelerate config's mixed precision would be silently overridden below
         raise CoraError(f"your accelerate config asks for mixed_precision {asked}; cora's precision is its own "
@@ -96,7 +104,27 @@ def make_accelerator(cfg: LLMConfig) -> Accelerator:
     have = PartialState._shared_state.get("device")
     if have is not None and (have.type == "cuda") != cuda and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=not cuda, mixed_precision="no")
+    acc = Accelerator(cpu=not cuda, mixed_precision="no")
+    if fsdp and acc.num_processes > 1 and not acc.is_fsdp2:
+        # accelerate demotes an FSDP launch on a CPU to plain DDP (DistributedType.MULTI_CPU): run
+        # what was asked instead, its FSDP2 path over the gloo group (how the CPU tests check it).
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # its settings from the launch's environment
+    return acc
+
+
+def check_fsdp_launch(cfg: LLMConfig) -> None:
+    """An FSDP launch the loop can run: FSDP2 (per-parameter shards; FSDP1's flat parameters hide
+    the B's CoRA's adapter reads across layers) and no fp16 loss scaling (its scaler does not
+    unscale sharded gradients). One line each, before anything loads."""
+    version = os.environ.get("FSDP_VERSION", "1")
+    if version != "2":
+        raise CoraError(f"your accelerate config asks for FSDP version {version}; cora trains under FSDP2 only: set "
+                        "fsdp_version: 2 (configs/accelerate-fsdp.yaml)")
+    if cfg.dtype == "fp16":
+        raise CoraError("--dtype fp16 (loss scaling) is not supported under FSDP: use --dtype bf16 or fp32")
 
 
 @torch.no_grad()
@@ -111,6 +139,10 @@ def predict(method: LLMMethod, split: EncodedSplit, batch_size: int, accelerator
     order = np.argsort(split.lengths, kind="stable")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = order[rank::world]
+    if world > 1 and is_sharded(method) and len(mine) < -(-n // world):
+        # Under FSDP every forward is a collective (each layer gathers its shards): every process
+        # must run as many batches, so a short share repeats one of its rows (scored twice, kept once).
+        mine = np.append(mine, mine[-1] if len(mine) else order[0])
     scores: dict[int, float] = {}
     device = accelerator.device if accelerator else torch.device("cpu")
     with scoring_bar(description, len(mine), show_progress) as advance, autocast_for(method.cfg.dtype, device.type):
@@ -174,13 +206,11 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     memory = dict(getattr(method, "memory", {}))  # the load's peak, when this process loaded the backbone
     peak_resettable = reset_peak()  # from here on: the training phase's peak
     acc = make_accelerator(cfg)
-    # The model is prepared before the optimizer is built: an engine that shards parameters (FSDP)
-    # replaces them in prepare, and an optimizer built earlier would hold the old tensors.
     if not any(p.requires_grad for p in method.parameters()):  # before DDP says it in its words
         raise CoraError(f"method '{cfg.method}' has no trainable parameters: evaluate it directly")
-    model = acc.prepare(method)
-    unwrapped: LLMMethod = acc.unwrap_model(model)
-    opt = _optimizer(unwrapped, cfg)
+    # The model and its optimizer are prepared together: under FSDP2 prepare replaces each
+    # parameter by its shard and points the optimizer at the shards (DDP replaces nothing).
+    opt = _optimizer(method, cfg)
     # The cosine spans lr_horizon (the reference's max_epoch x iters_per_epoch), not the steps this
     # run may take: a run stopped early has trained at the reference's lr, not at a decayed one.
     sched = warmup_cosine(opt, cfg.lr, cfg.warmup_start_lr, cfg.warmup_steps, cfg.min_lr,
@@ -194,7 +224,8 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                            lengths=train.lengths, window=cfg.bucket_window)
     if len(sampler) == 0:
         raise CoraError(f"training split has {len(train)} rows, fewer than one batch of {cfg.batch_size * world}")
-    opt = acc.prepare(opt)
+    model, opt = acc.prepare(method, opt)
+    unwrapped: LLMMethod = acc.unwrap_model(model)
     precision = Precision(cfg.dtype, acc.device)
 
     st = LoopState(world_size=world)
@@ -206,10 +237,11 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
         prepare_resume(out)  # a kill mid-swap leaves the last checkpoint aside: put it back
     acc.wait_for_everyone()
     if resume and has_checkpoint(ckpt):
-        trainable, st = load_loop(ckpt, opt, sched, world_size=world)
+        trainable, optimizer_state, st = load_loop(ckpt, sched, world_size=world)
+        load_whole_optimizer_state(unwrapped, opt, optimizer_state)
         _continue_schedule_at(cfg.lr, opt, sched)  # a resume allowed to change lr (--allow-changed lr)
         precision.load_state_dict(st.precision)
-        unwrapped.load_trainable_state_dict(trainable)
+        load_whole_trainable_state(unwrapped, trainable)
         last_saved["step"] = st.step
     elif cfg.calibrate_logit:
         with clock.calibrating(min(64, len(train))):  # its rows/s estimates the first validation's time
@@ -232,12 +264,17 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
     last_save = started
     trainable = [p for p in model.parameters() if p.requires_grad]  # whose gradient norm is taken
 
-    def checkpoint() -> None:  # main process only: the last state, swapped in atomically
+    def checkpoint() -> None:
+        """The last state, swapped in atomically by the main process; every process calls it (a
+        sharded model's whole tensors are gathered by all of them)."""
         nonlocal last_save
-        st.elapsed_s = time.time() - t0
-        st.log_bytes = os.fstat(log.fileno()).st_size  # the log as of this checkpoint (flushed before)
-        st.precision = precision.state_dict()
-        save_loop(ckpt, unwrapped.trainable_state_dict(), st, opt, sched)
+        main = acc.is_main_process
+        tensors, optimizer_state = whole_trainable_state(unwrapped, main), whole_optimizer_state(unwrapped, opt, main)
+        if main:
+            st.elapsed_s = time.time() - t0
+            st.log_bytes = os.fstat(log.fileno()).st_size  # the log as of this checkpoint (flushed before)
+            st.precision = precision.state_dict()
+            save_loop(ckpt, tensors, st, optimizer_state, sched)
         last_save = time.time()
         last_saved["step"] = st.step
 
@@ -303,8 +340,9 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                     improved = score > st.best["score"]
                     if improved:
                         st.best, st.bad = {"score": score, "step": st.step}, 0
+                        best = whole_trainable_state(unwrapped, acc.is_main_process)  # gathered by all when sharded
                         if acc.is_main_process:
-                            save_tensors(out / layout.WEIGHTS, unwrapped.trainable_state_dict())
+                            save_tensors(out / layout.WEIGHTS, best)
                     else:
                         st.bad += 1
                     norms = [n for n in st.grad_norms if n is not None]
@@ -335,15 +373,14 @@ def fit(method: LLMMethod, train: EncodedSplit, valid: EncodedSplit, cfg: LLMCon
                             progress.console.print(f"step {st.step}/{cfg.max_steps}  loss {record['loss'] or math.nan:.4f}  valid "
                                                    f"{cfg.selection_metric} {score:.4f}  best {st.best['score']:.4f}"
                                                    f"@{st.best['step']}  {rate:.1f} samples/s  {record['time_s']:.0f}s")
-                        checkpoint()
+                    checkpoint()
                     acc.wait_for_everyone()
                     if st.bad >= cfg.patience:
                         stop_reason = "patience"
                 elif st.step < cfg.max_steps and _main_says(acc, time.time() - last_save >= 60 * cfg.checkpoint_every_min):
                     # Between validations: the same state, so a kill costs minutes, not a whole
                     # validation interval.
-                    if acc.is_main_process:
-                        checkpoint()
+                    checkpoint()
                     acc.wait_for_everyone()
                 if st.step >= cfg.max_steps or stop_reason != "max_steps":
                     break
@@ -371,6 +408,8 @@ def _grad_norm(params: list[torch.Tensor], cfg: LLMConfig, acc: Accelerator) -> 
     process), clipped to ``max_grad_norm`` when set. Reading it changes no gradient."""
     if cfg.max_grad_norm is not None:
         return float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+    if acc.is_fsdp2:  # each process holds a shard of each gradient
+        return total_grad_norm(params)
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0

@@ -41,8 +41,10 @@ from cora.train.checkpoint import load_tensors, save_tensors
 from cora.train.loop import fit, hardware, make_accelerator, predict
 
 
-def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
-    """The method named by ``cfg`` on its backbone (and CF run), untrained."""
+def build_method(cfg: LLMConfig, backbone=None, load_device: str | None = None) -> tuple[LLMMethod, Dataset]:
+    """The method named by ``cfg`` on its backbone (and CF run), untrained. ``load_device``:
+    where the backbone loads when not ``cfg.device`` (FSDP: the CPU, then each process's shard
+    moves to its GPU)."""
     cls = method_class(cfg.method)
     ds = load_dataset(cfg.data)
     cf_model = None
@@ -57,9 +59,10 @@ def build_method(cfg: LLMConfig, backbone=None) -> tuple[LLMMethod, Dataset]:
     memory: dict = {}
     if backbone is None:
         quiet_hf()  # transformers' own loading bar beside rich's: one style only
-        phase(f"loading the backbone {cfg.backbone} ({cfg.dtype}, {cfg.device})")
+        device = load_device or cfg.device
+        phase(f"loading the backbone {cfg.backbone} ({cfg.dtype}, {device})")
         with measured(memory, "load"):
-            backbone = load_backbone(cfg.backbone, dtype=cfg.dtype, device=cfg.device, attention=cfg.attention)
+            backbone = load_backbone(cfg.backbone, dtype=cfg.dtype, device=device, attention=cfg.attention)
     torch.manual_seed(cfg.seed)  # the generator's initial weights depend on the seed only
     method = cls(backbone, cfg, cf_model) if cls.uses_cf else cls(backbone, cfg)
     # New parts (generator, B, MLPs, the CF model) are built on the CPU: join the backbone's device.
@@ -139,9 +142,12 @@ def _has_progress(out: Path) -> bool:
 def _train_run(cfg: LLMConfig, out: Path, acc, resume: bool, show_progress: bool, backbone,
                stage_from: dict[str, str | Path] | None, keep_checkpoint: bool,
                allow_changed: set[str] = frozenset()) -> dict:
-    method, ds = build_method(cfg, backbone)
+    method, ds = build_method(cfg, backbone, load_device="cpu" if acc.is_fsdp2 else None)
     stage_from = stage_from or {}
     stages = method.stages() if len(method.stages()) > 1 else ()  # () = one plain fit
+    if stages and acc.is_fsdp2:  # each stage changes which parameters train, and FSDP shards once
+        raise CoraError(f"method '{cfg.method}' trains in stages ({', '.join(stages)}), which FSDP does not support "
+                        "yet: train it with --multi_gpu (DDP) or on one GPU")
     if unknown := sorted(set(stage_from) - set(stages)):
         raise CoraError(f"method '{cfg.method}' has no stage {', '.join(unknown)} to take from another run"
                         + (f" (stages: {', '.join(stages)})" if stages else " (it trains in one stage)"))
@@ -293,7 +299,11 @@ def evaluate_run(run: str | Path, split: str = "test", limit: int | None = None,
     trained = llm_run_config(run)
     acc = make_accelerator(dataclasses.replace(trained, device=device or trained.device))
     placed = str(acc.device) if acc.device.type == "cuda" else device
+    if acc.is_fsdp2:  # loaded whole on the CPU, then each process keeps its shard (prepare moves it)
+        placed = "cpu"
     method, cfg, ds = load_run(run, backbone, device=placed, dtype=dtype)
+    if acc.is_fsdp2:
+        method = acc.prepare(method).eval()
     df = sample_users(ds.split(split), limit, seed=0, per_user=per_user)
     phase(f"tokenising {len(df):,} {split} prompts")
     encoded = method.encode(df, ds.domain)
