@@ -81,7 +81,9 @@ def test_fsdp_trains_resumes_and_evaluates_like_one_process(tmp_path):
 
     # Evaluation under the FSDP launch: each process scores its share on the sharded model. An
     # odd number of rows in batches of 2: one process has a batch fewer, and every forward is a
-    # collective, so it scores a padding row (kept once); without it the launch would hang.
+    # collective, so it scores a padding row (kept once); without it the launch fails (measured with
+    # the padding patched out: the short process moves on, and the other's all-gather gets gloo's
+    # 'Connection reset by peer').
     evaluate = ["evaluate", str(tmp_path / "one"), "--split", "valid", "--limit", "37"]
     _cora(evaluate, tmp_path, fsdp=False, sgd=False)
     written = lambda: pd.read_parquet(next((tmp_path / "one").glob("predictions-valid-limit37*.parquet")))  # noqa: E731
