@@ -1,9 +1,8 @@
 """CoRA's adapter under sharded parameters (issue 31 item 4, the part that can run on a CPU):
 torch's FSDP2 (fully_shard) over 2 gloo processes gives the logits and the A / B gradients of
-the whole model. (accelerate 1.16 cannot run FSDP on a CPU: it falls back to DDP, so the loop's
-FSDP launch is refused for now; this pins the adapter's side.) Sharded B's are whole only while
-their layer runs, so the adapter concatenates each group's B inside that layer, not once per
-forward."""
+the whole model (the adapter's side; tests/test_fsdp_training.py runs the loop under accelerate's
+FSDP2). Sharded B's are whole only while their layer runs, so the adapter concatenates each
+group's B inside that layer, not once per forward."""
 
 from __future__ import annotations
 
