@@ -43,9 +43,8 @@ def whole_trainable_state(method, main: bool) -> dict[str, torch.Tensor] | None:
     whole = get_model_state_dict(method, options=_options(cpu_offload=True, ignore_frozen_params=True))
     if not main:
         return None
-    state = {n: whole[n] for n, p in method.named_parameters() if p.requires_grad}
-    state["logit_offset"] = method.logit_offset.detach().cpu().clone()  # a buffer: FSDP2 never shards it
-    return state
+    # The method's own list (its names, logit_offset, any extra tensors), each shard made whole.
+    return {n: whole.get(n, t) for n, t in method.trainable_state_dict().items()}
 
 
 def load_whole_trainable_state(method, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
